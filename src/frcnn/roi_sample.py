@@ -1,0 +1,95 @@
+"""Bilinear sampling of a feature map on a per-RoI grid: the core of crop-and-resize and RoIAlign.
+
+Shape shorthand: N images, C channels, H, W feature size, R RoIs, Hs x Ws samples per RoI.
+
+Coordinates are feature *indices* (integer = cell centre). The boundary rules are torchvision's
+RoIAlign rules, so that ``roi_align`` below equals ``torchvision.ops.roi_align``: a sample more
+than one cell outside the map is 0; within one cell it takes the edge value.
+
+Why not torchvision's kernel: on CPU its backward scatters one sample at a time and took ~20 % of
+a Faster R-CNN training step. Here every sample is four row gathers of a channels-last copy of
+the map; autograd turns them into vectorised ``index_add``, and the same code runs on CUDA.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _axis_weights(coords: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """coords (R, S) along an axis of length ``size`` -> (low, high) int64 and their weights, (R, S)."""
+    valid = (coords >= -1.0) & (coords <= size)
+    c = coords.clamp(min=0.0)
+    low = c.floor().long().clamp(max=size - 1)
+    at_edge = low >= size - 1
+    high = torch.where(at_edge, low, low + 1)
+    frac = torch.where(at_edge, torch.zeros_like(c), c - low.to(c.dtype))
+    return low, high, (1.0 - frac) * valid, frac * valid
+
+
+def bilinear_sample(features: Tensor, batch_index: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
+    """features (N, C, H, W), batch_index (R,) int64, ys (R, Hs), xs (R, Ws) -> (R, C, Hs, Ws).
+
+    Sample (u, v) of RoI r is the bilinear value of image ``batch_index[r]`` at ``(ys[r, u], xs[r, v])``.
+    """
+    N, C, H, W = features.shape
+    R, Hs, Ws = batch_index.shape[0], ys.shape[1], xs.shape[1]
+    flat = features.permute(0, 2, 3, 1).reshape(N * H * W, C)  # channels-last rows
+    y0, y1, wy0, wy1 = _axis_weights(ys.to(features.dtype), H)
+    x0, x1, wx0, wx1 = _axis_weights(xs.to(features.dtype), W)
+    base = (batch_index.long() * (H * W))[:, None, None]  # (R, 1, 1)
+    out = None
+    for yi, wy in ((y0, wy0), (y1, wy1)):
+        for xi, wx in ((x0, wx0), (x1, wx1)):
+            index = (base + yi[:, :, None] * W + xi[:, None, :]).reshape(-1)  # (R*Hs*Ws,)
+            weight = (wy[:, :, None] * wx[:, None, :]).reshape(-1, 1)  # (R*Hs*Ws, 1)
+            term = flat.index_select(0, index) * weight  # (R*Hs*Ws, C)
+            out = term if out is None else out + term
+    return out.view(R, Hs, Ws, C).permute(0, 3, 1, 2)  # (R, Hs, Ws, C) -> (R, C, Hs, Ws)
+
+
+def crop_and_resize(features: Tensor, rois: Tensor, crop_size: int) -> Tensor:
+    """Bilinear crop-and-resize of each RoI to ``crop_size`` squared (TensorFlow's corner semantics).
+
+    Args:
+        features: (N, C, H, W).
+        rois: (R, 5) rows ``(batch_index, x1, y1, x2, y2)`` in feature index coordinates.
+    Returns:
+        (R, C, n, n), n = crop_size: sample (u, v) is the bilinear value at
+        ``x = x1 + v (x2 - x1) / (n - 1)``, ``y = y1 + u (y2 - y1) / (n - 1)``: the crop's corner
+        samples sit on the box's corners, as in ``tf.image.crop_and_resize``, which the seed's
+        implementation uses.
+    """
+    n = int(crop_size)
+    if n < 2:
+        raise ValueError(f"crop_size must be >= 2, got {n}")
+    t = torch.arange(n, dtype=rois.dtype, device=rois.device) / (n - 1)  # (n,)
+    xs = rois[:, 1:2] + t * (rois[:, 3:4] - rois[:, 1:2])  # (R, n)
+    ys = rois[:, 2:3] + t * (rois[:, 4:5] - rois[:, 2:3])
+    return bilinear_sample(features, rois[:, 0].long(), ys, xs)
+
+
+def roi_align(
+    features: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int, aligned: bool
+) -> Tensor:
+    """RoIAlign, equal to ``torchvision.ops.roi_align`` for a fixed ``sampling_ratio`` > 0.
+
+    features (N, C, H, W), rois (R, 5) ``(batch_index, x1, y1, x2, y2)`` in image pixels ->
+    (R, C, S, S). Each of the S x S bins averages ``sampling_ratio``^2 bilinear samples, which is a
+    uniform grid of ``S * sampling_ratio`` samples per side followed by average pooling.
+    """
+    if sampling_ratio <= 0:
+        raise ValueError("this RoIAlign needs a fixed sampling_ratio > 0 (the adaptive one varies per RoI)")
+    S, s = int(output_size), int(sampling_ratio)
+    offset = 0.5 if aligned else 0.0
+    start = rois[:, 1:3] * spatial_scale - offset  # (R, 2) as (x, y)
+    size = rois[:, 3:5] * spatial_scale - offset - start
+    if not aligned:  # torchvision's legacy behaviour: RoIs at least one cell wide
+        size = size.clamp(min=1.0)
+    t = (torch.arange(S * s, dtype=rois.dtype, device=rois.device) + 0.5) / (S * s)  # (S*s,)
+    xs = start[:, 0:1] + t * size[:, 0:1]  # (R, S*s)
+    ys = start[:, 1:2] + t * size[:, 1:2]
+    samples = bilinear_sample(features, rois[:, 0].long(), ys, xs)  # (R, C, S*s, S*s)
+    return samples if s == 1 else F.avg_pool2d(samples, kernel_size=s, stride=s)

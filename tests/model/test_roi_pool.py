@@ -1,0 +1,67 @@
+import torch
+from torch.testing import assert_close
+import pytest
+from torchvision.ops import roi_align as tv_roi_align
+
+from frcnn.roi_pool import RoIPooler
+from frcnn.roi_sample import crop_and_resize, roi_align
+
+
+def _x_squared_map():
+    x = torch.arange(5.0)
+    return (x**2).expand(5, 5).reshape(1, 1, 5, 5).clone()  # f[y, x] = x^2
+
+
+def test_crop_and_resize_hand_computed_bilinear():
+    f = _x_squared_map()
+    rois = torch.tensor([[0.0, 0.5, 1.0, 2.5, 3.0]])  # (batch, x1, y1, x2, y2) in index coords
+    out = crop_and_resize(f, rois, 3)
+    # samples at x = 0.5, 1.5, 2.5: (0 + 1) / 2, (1 + 4) / 2, (4 + 9) / 2
+    assert_close(out[0, 0], torch.tensor([[0.5, 2.5, 6.5]]).expand(3, 3))
+
+
+def test_crop_and_resize_corners_on_box_corners_and_edge_clamp():
+    f = torch.arange(25.0).reshape(1, 1, 5, 5)  # f[y, x] = 5 y + x
+    out = crop_and_resize(f, torch.tensor([[0.0, 1.0, 0.0, 4.0, 2.0]]), 4)
+    expected = torch.tensor([[5 * y + x for x in (1.0, 2.0, 3.0, 4.0)] for y in (0.0, 2 / 3, 4 / 3, 2.0)])
+    assert_close(out[0, 0], expected)
+    beyond = crop_and_resize(f, torch.tensor([[0.0, 3.0, 0.0, 4.6, 0.0]]), 2)  # x = 4.6: within a cell
+    assert_close(beyond[0, 0, 0], torch.tensor([3.0, 4.0]))  # of the edge -> the edge value
+    far = crop_and_resize(f, torch.tensor([[0.0, 3.0, 0.0, 5.5, 0.0]]), 2)  # x = 5.5 > W: zero
+    assert_close(far[0, 0, 0], torch.tensor([3.0, 0.0]))
+
+
+def test_pooler_crop_and_resize_is_14_then_max_pool():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(2, 3, 8, 8, generator=g)
+    boxes = [torch.tensor([[8.0, 16.0, 96.0, 80.0]]), torch.tensor([[0.0, 0.0, 128.0, 128.0], [30.0, 40.0, 50.0, 70.0]])]
+    out = RoIPooler("crop_and_resize", 7)(f, boxes, stride=16)
+    assert out.shape == (3, 3, 7, 7)
+    index = torch.tensor([[0, 8 / 16 - 0.5, 16 / 16 - 0.5, 96 / 16 - 0.5, 80 / 16 - 0.5]])
+    crop = crop_and_resize(f, index, 14)
+    assert_close(out[0], crop[0].reshape(3, 7, 2, 7, 2).amax(dim=(2, 4)))
+
+
+def test_pooler_roi_align_matches_torchvision():
+    f = torch.randn(1, 4, 10, 10, generator=torch.Generator().manual_seed(1))
+    boxes = [torch.tensor([[3.0, 5.0, 77.0, 60.0]])]
+    out = RoIPooler("roi_align", 7, sampling_ratio=2)(f, boxes, stride=8)
+    ref = tv_roi_align(f, [boxes[0]], (7, 7), spatial_scale=1 / 8, sampling_ratio=2, aligned=True)
+    assert_close(out, ref)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [1, 2, 3])
+def test_roi_align_equals_torchvision_in_value_and_gradient(aligned, sampling_ratio):
+    g = torch.Generator().manual_seed(sampling_ratio)
+    features = torch.randn(2, 5, 9, 12, generator=g, requires_grad=True)
+    xy = torch.rand(40, 2, generator=g) * 200 - 20  # some RoIs start outside the map
+    wh = torch.rand(40, 2, generator=g) * 120 + 0.5
+    rois = torch.cat((torch.randint(0, 2, (40, 1), generator=g).float(), xy, xy + wh), dim=1)
+    ours = roi_align(features, rois, 7, 1 / 16, sampling_ratio, aligned)
+    theirs = tv_roi_align(features, rois, (7, 7), 1 / 16, sampling_ratio, aligned)
+    assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    weights = torch.randn(ours.shape, generator=g)
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), features)
+    (grad_theirs,) = torch.autograd.grad((theirs * weights).sum(), features)
+    assert_close(grad_ours, grad_theirs, atol=1e-4, rtol=1e-5)

@@ -1,0 +1,1 @@
+"""Command-line analysis tools (``python -m frcnn.tools.<name>``)."""

@@ -1,0 +1,54 @@
+"""The plots write PNGs of the intended size and return their figures."""
+
+import matplotlib.image
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from frcnn.metrics import plot_confusion_matrix, plot_image_grid, plot_pr_curves
+
+
+def _png_shape(path) -> tuple[int, ...]:
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    return matplotlib.image.imread(path).shape
+
+
+def test_pr_curves_png(tmp_path):
+    recall = np.linspace(0, 1, 101)
+    curves = {"cat": (recall, 1 - recall), "dog": (recall, np.ones(101))}
+    figure = plot_pr_curves(curves, tmp_path / "pr.png")
+    assert isinstance(figure, Figure)
+    assert _png_shape(tmp_path / "pr.png") == (600, 700, 4)  # 7 x 6 inches at 100 dpi
+    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert legend == ["dog (1.000)", "cat (0.500)"]  # best AP first
+
+
+def test_confusion_matrix_png(tmp_path):
+    matrix = torch.tensor([[0, 2, 1], [1, 5, 0], [0, 1, 3]])
+    figure = plot_confusion_matrix(matrix, ["cat", "dog"], tmp_path / "sub" / "confusion.png")
+    assert _png_shape(tmp_path / "sub" / "confusion.png") == (500, 500, 4)
+    colours = figure.axes[0].images[0].get_array()
+    np.testing.assert_allclose(colours[1], [1 / 6, 5 / 6, 0])  # rows normalised
+    cell_texts = sorted(text.get_text() for text in figure.axes[0].texts)
+    assert cell_texts == sorted(["2", "1", "1", "5", "1", "3"])
+
+
+def test_image_grid_png(tmp_path):
+    images = [torch.rand(3, 40, 60), torch.rand(3, 50, 30), torch.rand(3, 20, 20)]
+    targets = [
+        {"boxes": torch.tensor([[5.0, 5, 20, 30]]), "labels": torch.tensor([1]), "image_id": torch.tensor(i),
+         "ignore_boxes": torch.zeros(0, 4), "ignore_labels": torch.zeros(0, dtype=torch.int64)}
+        for i in range(3)
+    ]  # fmt: skip
+    preds = [
+        {"boxes": torch.tensor([[6.0, 5, 21, 30], [0, 0, 5, 5]]), "scores": torch.tensor([0.9, 0.2]),
+         "labels": torch.tensor([2, 1])}
+        for _ in range(3)
+    ]  # fmt: skip
+    figure = plot_image_grid(images, preds, targets, ["cat", "dog"], tmp_path / "grid.png", max_images=2)
+    assert _png_shape(tmp_path / "grid.png") == (800, 1000, 4)  # 2 rows of 4 inches, 10 inches wide
+    assert len(figure.axes) == 4
+    ground_truth, detected = figure.axes[0], figure.axes[1]
+    assert [t.get_text() for t in ground_truth.texts] == ["cat"]
+    assert [t.get_text() for t in detected.texts] == ["dog 0.90"]  # the 0.2 detection is below 0.5

@@ -47,6 +47,12 @@ def weighted_total(losses: dict[str, Tensor], weights: Mapping[str, float]) -> d
     return out
 
 
+def feature_strides(backbone: nn.Module) -> int | dict[str, int]:
+    """The stride of a single-map backbone, or ``{name: stride}`` of a multi-level one (an FPN)."""
+    strides = getattr(backbone, "strides", None)
+    return dict(strides) if strides is not None else int(backbone.stride)
+
+
 def _drop_c5(backbone: nn.Module) -> None:
     if getattr(backbone, "c5", None) is not None:
         backbone.c5 = None
@@ -69,7 +75,8 @@ class _TwoStageBase(nn.Module):
         self.num_classes = num_classes
         self.transform = transform or InputTransform()
         if self.transform.size_divisible is None:
-            self.transform.size_divisible = backbone.stride
+            # An FPN names the multiple its levels need (32, as torchvision pads); a single map its stride.
+            self.transform.size_divisible = getattr(backbone, "size_divisible", None) or backbone.stride
         if self.transform.image_mean is None:
             self.transform.image_mean = tuple(backbone.image_mean)
         if self.transform.image_std is None:
@@ -94,7 +101,9 @@ class FasterRCNN(_TwoStageBase):
     """Faster R-CNN with the seed's defaults.
 
     Args:
-        backbone: a ``frcnn.backbones.Backbone`` (``out_channels``, ``stride``, ``image_mean``/``std``).
+        backbone: a ``frcnn.backbones.Backbone`` (``out_channels``, ``stride``, ``image_mean``/``std``),
+            or a ``frcnn.backbones.FPNBackbone`` (several maps, ``strides`` by name); the RPN, the
+            anchors and the RoI pooler configured for it (``conf/model/faster_rcnn_fpn.yaml``).
         num_classes: K, without background.
         rpn: factory ``(in_channels=) -> RegionProposalNetwork`` (a Hydra partial or the class).
         roi_heads: factory ``(backbone=, num_classes=) -> RoIHeads``.
@@ -136,7 +145,7 @@ class FasterRCNN(_TwoStageBase):
             return_detections = not self.training
         original_sizes, image_sizes, targets, features, proposals, _, rpn_losses = self._prepare(images, targets)
         detections, roi_losses = self.roi_heads(
-            features, proposals, image_sizes, self.backbone.stride, targets, return_detections
+            features, proposals, image_sizes, feature_strides(self.backbone), targets, return_detections
         )
         if detections is not None:
             for det, size, orig in zip(detections, image_sizes, original_sizes):

@@ -2,13 +2,15 @@
 
 Shape shorthand: N images, R_i proposals of image i, G_i ground-truth boxes, S sampled RoIs over
 the batch (<= N * batch_size_per_image), K classes, D head features.
+Features are the backbone's: one map (N, C, Hf, Wf) with its stride, or an FPN's maps by name with
+their strides by name; the pooler decides what to do with them.
 Naming: ``gt_classes`` (S,) in 0..K (0 background), ``gt_deltas`` (S, 4) for the matched box,
 ``pred_class_logits`` (S, K+1), ``pred_deltas`` (S, 4*K).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +21,7 @@ from frcnn.boxes import BoxCoder
 from frcnn.losses import box_regression_loss, rcnn_classification_loss, select_class_deltas
 from frcnn.matcher import FOREGROUND, IGNORED, Matcher
 from frcnn.postprocess import postprocess_detections
-from frcnn.roi_pool import RoIPooler
+from frcnn.roi_pool import MultiLevelRoIPooler, RoIPooler
 from frcnn.sampler import subsample_labels
 
 
@@ -29,9 +31,10 @@ class RoIHeads(nn.Module):
     Args:
         backbone: the detector's backbone (its channels size the head; ResNet heads reuse its conv5).
         num_classes: K, without background.
-        pooler: RoI pooling (the seed: crop-and-resize to 14x14, 2x2 max pool to 7x7).
+        pooler: RoI pooling (the seed: crop-and-resize to 14x14, 2x2 max pool to 7x7; an FPN:
+            ``MultiLevelRoIPooler``).
         box_head: factory ``(backbone=, resolution=) -> module`` with ``out_features``
-            (``FCHead`` 4096 wide by default, or ``ResNetC5Head``).
+            (``FCHead`` 4096 wide by default, 1024 for FPN's two-layer MLP head; or ``ResNetC5Head``).
         box_coder: the seed's normalised targets, weights (10, 10, 5, 5).
         matcher: fg IoU >= 0.5, bg in [0.1, 0.5), ignored below 0.1 (bg_iou_low; 0 keeps all).
         batch_size_per_image, positive_fraction: the seed's 64 RoIs with at most 25 % foreground.
@@ -46,7 +49,7 @@ class RoIHeads(nn.Module):
         self,
         backbone: nn.Module,
         num_classes: int,
-        pooler: RoIPooler | None = None,
+        pooler: RoIPooler | MultiLevelRoIPooler | None = None,
         box_head: Callable[..., nn.Module] = FCHead,
         box_coder: BoxCoder | None = None,
         matcher: Matcher | None = None,
@@ -79,17 +82,19 @@ class RoIHeads(nn.Module):
         self.smooth_l1_beta = smooth_l1_beta
         self.generator = generator
 
-    def predict(self, features: Tensor, boxes_per_image: Sequence[Tensor], stride: int) -> tuple[Tensor, Tensor]:
-        """features (N, C, Hf, Wf), boxes (R_i, 4) -> (class logits (R, K+1), deltas (R, 4*K))."""
+    def predict(
+        self, features: Tensor | Mapping[str, Tensor], boxes_per_image: Sequence[Tensor], stride: int | Mapping[str, int]
+    ) -> tuple[Tensor, Tensor]:
+        """features (N, C, Hf, Wf) or {name: map}, boxes (R_i, 4) -> (class logits (R, K+1), deltas (R, 4*K))."""
         pooled = self.pooler(features, boxes_per_image, stride)  # (R, C, S, S)
         return self.predictor(self.box_head(pooled))
 
     def forward(
         self,
-        features: Tensor,
+        features: Tensor | Mapping[str, Tensor],
         proposals: Sequence[Tensor],
         image_sizes: Sequence[tuple[int, int]],
-        stride: int,
+        stride: int | Mapping[str, int],
         targets: Sequence[dict[str, Tensor]] | None = None,
         return_detections: bool = False,
     ) -> tuple[list[dict[str, Tensor]] | None, dict[str, Tensor]]:

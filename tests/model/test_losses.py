@@ -3,7 +3,12 @@ import math
 import torch
 from torch.testing import assert_close
 
-from frcnn.losses import box_regression_loss, rcnn_classification_loss, rpn_objectness_loss, select_class_deltas
+from frcnn.losses import (
+    box_regression_loss,
+    rcnn_classification_loss,
+    rpn_objectness_loss,
+    select_class_deltas,
+)
 
 
 def test_rpn_objectness_bce():

@@ -1,6 +1,6 @@
+import pytest
 import torch
 from torch.testing import assert_close
-import pytest
 from torchvision.ops import roi_align as tv_roi_align
 
 from frcnn.roi_pool import RoIPooler

@@ -62,6 +62,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from frcnn.app.optim import build_optimizer
+from frcnn.app.utils import build_model
 from frcnn.metrics import COCOEvaluator, VOCEvaluator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +168,7 @@ class Trainee:
 
 
 def build_ours(cfg: DictConfig) -> Trainee:
-    model = instantiate(cfg.model, _convert_="all")
+    model = build_model(cfg.model)
     optimizer = build_optimizer(instantiate(cfg.optimizer), model, cfg.module.norm_bias_weight_decay)
     return Trainee(
         name="ours (frcnn)",

@@ -1,0 +1,71 @@
+"""Evaluate a checkpoint: ``python src/eval.py ckpt_path=<ckpt> [data=<name>] [split=val|test]``.
+
+The detector, its class names and label map come from the checkpoint, read with
+``torch.load(weights_only=True)`` (nothing is unpickled). The data is the training run's (its
+resolved config travels in the checkpoint) unless ``data=<name>`` picks another with the same
+classes. Prints COCO's summary and the per-class AP, logs ``<split>/map`` etc.
+to the configured loggers, and returns the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+
+import hydra  # noqa: E402
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from frcnn.app import utils  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate ``cfg.ckpt_path`` on the ``cfg.split`` loader of ``cfg.data``."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(cfg.torch_threads)
+    module = utils.module_from_checkpoint(cfg.ckpt_path)
+    data_config = cfg.get("data") or module.hparams.get("data_config")
+    if not data_config:
+        raise ValueError(f"{cfg.ckpt_path} carries no data config: pass data=<name>")
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(data_config, _convert_="all")
+    if list(datamodule.class_names) != module.class_names:
+        raise ValueError(
+            f"{cfg.ckpt_path} was trained on classes {module.class_names}; data <{data_config['_target_']}> has "
+            f"{list(datamodule.class_names)}. Pick the matching data=..."
+        )
+    loggers = utils.instantiate_loggers(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=[])
+    utils.log_hyperparameters(cfg, trainer, module)
+    try:
+        if cfg.split == "val":
+            trainer.validate(module, datamodule=datamodule)
+        elif cfg.split == "test":
+            trainer.test(module, datamodule=datamodule)
+        else:
+            raise ValueError(f"split must be 'val' or 'test', got {cfg.split!r}")
+    finally:
+        utils.finish_loggers(trainer)
+    evaluator = module.evaluators[cfg.split]
+    if trainer.is_global_zero and evaluator.last_result is not None:
+        print(f"\n{cfg.ckpt_path} on the {cfg.split} split:\n{evaluator.summary()}\n")
+    return dict(trainer.callback_metrics), {"module": module, "datamodule": datamodule, "trainer": trainer}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval.yaml")
+def main(cfg: DictConfig) -> None:
+    if cfg.get("print_config"):
+        utils.print_config(cfg)
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Train a detector: ``python src/train.py [group=option ...] [key=value ...]``.
+
+With no arguments: the fast default run (``experiment=shapes_fast``: the tiny backbone on synthetic
+shapes, on the CPU). Examples::
+
+    python src/train.py experiment=coco_resnet50 trainer=ddp trainer.devices=4
+    python src/train.py -m optimizer.lr=1e-3,1e-2              # one run directory per value
+    python src/train.py -m hparams_search=optuna               # Optuna over lr and loss weights
+    python src/train.py ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt   # resume
+
+Seeds everything, builds data, detector, module, callbacks, loggers and trainer from the config,
+fits, tests on the best checkpoint, and returns ``optimized_metric`` for Hydra sweeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+# ${paths.root_dir}: the repository root, whatever directory the command runs from.
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+
+import hydra  # noqa: E402
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from frcnn.app import utils  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit and test as ``cfg`` says; returns (metrics, the built objects)."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(cfg.torch_threads)
+
+    log.info("data <%s>", cfg.data._target_)
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    log.info("model <%s>, backbone <%s>", cfg.model._target_, cfg.backbone.get("name"))
+    model = utils.build_model(cfg.model)  # + model.init_from (torchvision COCO weights) when set
+    # A partial, then called: Hydra would try to merge an nn.Module passed as a keyword into the config.
+    module = hydra.utils.instantiate(cfg.module, _partial_=True)(
+        model=model,
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.schedule) if cfg.get("schedule") else None,
+        class_names=datamodule.class_names,
+        label_to_category_id=datamodule.label_to_category_id,
+        model_config=OmegaConf.to_container(cfg.model, resolve=True),
+        data_config=OmegaConf.to_container(cfg.data, resolve=True),
+    )
+    callbacks = utils.instantiate_callbacks(cfg.get("callbacks"))
+    loggers = utils.instantiate_loggers(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    log.info("optimizer <%s> lr=%s (rank %d of %d)", cfg.optimizer._target_, cfg.optimizer.get("lr"),
+             trainer.global_rank, trainer.world_size)
+    objects = {"cfg": cfg, "datamodule": datamodule, "module": module, "trainer": trainer}
+    utils.log_hyperparameters(cfg, trainer, module)
+
+    with utils.distributed_job():
+        try:
+            if cfg.get("train"):
+                trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+            metrics = dict(trainer.callback_metrics)
+            if cfg.get("test"):
+                # After training: its best checkpoint by val/map. Without training: ckpt_path.
+                if cfg.get("train"):
+                    ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+                else:
+                    ckpt = cfg.get("ckpt_path") or ""
+                if not ckpt:
+                    log.warning("no best checkpoint (checkpointing off or no validation): testing the current weights")
+                trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=True)
+                metrics.update(trainer.callback_metrics)
+                log.info("tested checkpoint: %s", ckpt or "-")
+        finally:
+            utils.finish_loggers(trainer)
+    return metrics, objects
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
+def main(cfg: DictConfig) -> float | None:
+    if cfg.get("print_config"):
+        utils.print_config(cfg)
+    metrics, _ = train(cfg)
+    return utils.metric_value(metrics, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

@@ -29,24 +29,54 @@ def _axis_weights(coords: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Te
     return low, high, (1.0 - frac) * valid, frac * valid
 
 
+class _GatherBilinear(torch.autograd.Function):
+    """out = sum_k weight_k * rows[index_k] for the four bilinear corners k.
+
+    Autograd through ``index_select`` would keep four (R*Hs*Ws, C) products alive until the
+    backward; this keeps only the indices and weights (a few bytes per sample) and writes the
+    gradient with one ``index_add_`` per corner.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, index: Tensor, weight: Tensor) -> Tensor:
+        """rows (P, C), index (4, S) int64, weight (4, S) -> (S, C)."""
+        out = rows.index_select(0, index[0]) * weight[0, :, None]
+        for k in range(1, 4):
+            out.addcmul_(rows.index_select(0, index[k]), weight[k, :, None])
+        ctx.save_for_backward(index, weight)
+        ctx.num_rows = rows.shape[0]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        index, weight = ctx.saved_tensors
+        grad_rows = None
+        if ctx.needs_input_grad[0]:
+            grad_rows = grad_out.new_zeros((ctx.num_rows, grad_out.shape[1]))
+            for k in range(4):
+                grad_rows.index_add_(0, index[k], grad_out * weight[k, :, None])
+        return grad_rows, None, None
+
+
 def bilinear_sample(features: Tensor, batch_index: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
     """features (N, C, H, W), batch_index (R,) int64, ys (R, Hs), xs (R, Ws) -> (R, C, Hs, Ws).
 
     Sample (u, v) of RoI r is the bilinear value of image ``batch_index[r]`` at ``(ys[r, u], xs[r, v])``.
+    The sample coordinates carry no gradient (RoIs are detached proposals), the features do.
     """
     N, C, H, W = features.shape
     R, Hs, Ws = batch_index.shape[0], ys.shape[1], xs.shape[1]
     flat = features.permute(0, 2, 3, 1).reshape(N * H * W, C)  # channels-last rows
-    y0, y1, wy0, wy1 = _axis_weights(ys.to(features.dtype), H)
-    x0, x1, wx0, wx1 = _axis_weights(xs.to(features.dtype), W)
+    ys, xs = ys.detach().to(features.dtype), xs.detach().to(features.dtype)
+    y0, y1, wy0, wy1 = _axis_weights(ys, H)
+    x0, x1, wx0, wx1 = _axis_weights(xs, W)
     base = (batch_index.long() * (H * W))[:, None, None]  # (R, 1, 1)
-    out = None
+    index, weight = [], []
     for yi, wy in ((y0, wy0), (y1, wy1)):
         for xi, wx in ((x0, wx0), (x1, wx1)):
-            index = (base + yi[:, :, None] * W + xi[:, None, :]).reshape(-1)  # (R*Hs*Ws,)
-            weight = (wy[:, :, None] * wx[:, None, :]).reshape(-1, 1)  # (R*Hs*Ws, 1)
-            term = flat.index_select(0, index) * weight  # (R*Hs*Ws, C)
-            out = term if out is None else out + term
+            index.append((base + yi[:, :, None] * W + xi[:, None, :]).reshape(-1))  # (R*Hs*Ws,)
+            weight.append((wy[:, :, None] * wx[:, None, :]).reshape(-1))
+    out = _GatherBilinear.apply(flat, torch.stack(index), torch.stack(weight))  # (R*Hs*Ws, C)
     return out.view(R, Hs, Ws, C).permute(0, 3, 1, 2)  # (R, Hs, Ws, C) -> (R, C, Hs, Ws)
 
 

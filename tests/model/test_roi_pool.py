@@ -65,3 +65,10 @@ def test_roi_align_equals_torchvision_in_value_and_gradient(aligned, sampling_ra
     (grad_ours,) = torch.autograd.grad((ours * weights).sum(), features)
     (grad_theirs,) = torch.autograd.grad((theirs * weights).sum(), features)
     assert_close(grad_ours, grad_theirs, atol=1e-4, rtol=1e-5)
+
+
+def test_crop_and_resize_gradient_equals_finite_differences():
+    g = torch.Generator().manual_seed(3)
+    features = torch.randn(2, 3, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0, 0.3, -0.8, 4.6, 3.2], [1, 2.0, 1.5, 6.4, 5.9], [1, -1.5, 0.0, 2.0, 6.5]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda f: crop_and_resize(f, rois, 4), (features,))

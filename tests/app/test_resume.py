@@ -93,4 +93,6 @@ def test_kill_9_then_resume_from_last_ckpt(tmp_path, data_dir):
     assert final["lr_schedulers"][0]["last_epoch"] == step + 4
     adam_steps = {float(state["step"]) for state in final["optimizer_states"][0]["state"].values()}
     assert adam_steps == {float(step + 4)}  # AdamW's moments continued rather than restarted
-    assert final["epoch"] == (step + 4) // STEPS_PER_EPOCH  # loop position: epochs of 4 steps
+    # Loop position: the steps taken after resuming have indices step .. step + 3, four to an epoch,
+    # so the last one ran in epoch (step + 3) // 4 (a kill right after an epoch's last step included).
+    assert final["epoch"] == (step + 3) // STEPS_PER_EPOCH

@@ -1,12 +1,8 @@
-"""RoIAlign forward + backward on the CPU: ours (``frcnn.roi_sample``), torchvision's, and a proposal.
+"""RoIAlign forward + backward on the CPU: ours (``frcnn.roi_sample``) against torchvision's.
 
-The proposal (``proposed_roi_align``, for ``frcnn.roi_sample``): torchvision's kernel for the
-forward (it is the reference value, and allocates only the output), and for the backward the
-separable form of the same interpolation. A bin's value is ``Wy[r] @ F[b_r] @ Wx[r]^T``, with
-``Wy[r]`` (S, H) and ``Wx[r]`` (S, W) the bilinear weights of the bin's samples along each axis
-averaged over the bin (torchvision's boundary rules, via ``_axis_weights``), so the gradient of
-image n is ``sum_r Wy[r]^T @ dout[r] @ Wx[r]``: one batched matmul and one matmul per image,
-instead of torchvision's scalar scatter or our four (R * S * S, C) gathers and ``index_add``.
+Ours takes torchvision's kernel for the forward and the separable form of the bilinear weights for
+the backward (two matmuls per image; ``frcnn.roi_sample._SeparableBilinear``), where torchvision's
+CPU backward scatters every sample. Both must give the same values and gradients.
 
 Shapes are the benchmark's (``bench/vs_torchvision.py``): MobileNetV2 (1280 ch, 12 x 12 map, 7 x 7
 bins) and ResNet-50 C4 (1024 ch, 24 x 24, 14 x 14), two images, ``sampling_ratio`` 2,
@@ -25,67 +21,11 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align as torchvision_roi_align
 
-from frcnn.roi_sample import _axis_weights
 from frcnn.roi_sample import roi_align as our_roi_align
-
-
-def _bin_weights(coords: Tensor, size: int, S: int, s: int) -> Tensor:
-    """coords (R, S*s) sample positions along an axis of length ``size`` -> (R, S, size): the
-    bilinear weights of each bin's ``s`` samples, averaged."""
-    low, high, w_low, w_high = _axis_weights(coords, size)
-    R = coords.shape[0]
-    weights = coords.new_zeros(R, S * s, size)
-    weights.scatter_add_(2, low[..., None], w_low[..., None])
-    weights.scatter_add_(2, high[..., None], w_high[..., None])
-    return weights.view(R, S, s, size).sum(2) / s
-
-
-class _RoIAlign(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, features, rois, S, spatial_scale, s, aligned):
-        ctx.save_for_backward(rois)
-        ctx.args = (S, spatial_scale, s, aligned, features.shape)
-        return torchvision_roi_align(features, rois, S, spatial_scale, s, aligned)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (rois,) = ctx.saved_tensors
-        S, spatial_scale, s, aligned, (N, C, H, W) = ctx.args
-        offset = 0.5 if aligned else 0.0
-        start = rois[:, 1:3] * spatial_scale - offset  # (R, 2) as (x, y)
-        size = rois[:, 3:5] * spatial_scale - offset - start
-        if not aligned:
-            size = size.clamp(min=1.0)
-        t = (torch.arange(S * s, dtype=rois.dtype, device=rois.device) + 0.5) / (S * s)
-        wy = _bin_weights(start[:, 1:2] + t * size[:, 1:2], H, S, s)  # (R, S, H)
-        wx = _bin_weights(start[:, 0:1] + t * size[:, 0:1], W, S, s)  # (R, S, W)
-        image = rois[:, 0].long()
-        grad_features = grad.new_zeros((N, C, H, W))
-        for n in range(N):  # a loop over images
-            sel = (image == n).nonzero()[:, 0]
-            Rn = sel.numel()
-            if Rn == 0:
-                continue
-            g = torch.bmm(grad[sel].reshape(Rn, C * S, S), wx[sel])  # (Rn, C*S, W): x contracted
-            g = g.view(Rn, C, S, W).permute(0, 2, 1, 3).reshape(Rn * S, C * W)  # rows (r, bin row)
-            g = wy[sel].reshape(Rn * S, H).t() @ g  # (H, C*W): y and the RoIs contracted
-            grad_features[n] = g.view(H, C, W).permute(1, 0, 2)
-        return grad_features, None, None, None, None, None
-
-
-def proposed_roi_align(
-    features: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int, aligned: bool
-) -> Tensor:
-    """Same signature and values as ``frcnn.roi_sample.roi_align``."""
-    return _RoIAlign.apply(
-        features, rois, int(output_size), float(spatial_scale), int(sampling_ratio), bool(aligned)
-    )
-
 
 VARIANTS = {
     "torchvision": lambda f, r, S, sc: torchvision_roi_align(f, r, S, sc, 2, False),
     "ours (frcnn.roi_sample)": lambda f, r, S, sc: our_roi_align(f, r, S, sc, 2, False),
-    "proposed": lambda f, r, S, sc: proposed_roi_align(f, r, S, sc, 2, False),
 }
 # name, RoIs, channels, map side, stride, output side
 CASES = [

@@ -49,6 +49,12 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
     return int(math.floor(height * scale)), int(math.floor(width * scale))
 
 
+def resize_boxes(boxes: Tensor, height: int, width: int, min_size: int, max_size: int) -> tuple[Tensor, tuple[int, int]]:
+    """Boxes (G, 4) of a (height, width) image -> (G, 4) in model-input pixels, and that size."""
+    rh, rw = resized_size(height, width, min_size, max_size)
+    return boxes.float() * torch.tensor([rw / width, rh / height, rw / width, rh / height]), (rh, rw)
+
+
 def best_iou_per_shape(
     boxes: Tensor, image_size: tuple[int, int], shapes: Tensor, stride: int, offset: float = 0.0
 ) -> Tensor:
@@ -89,9 +95,8 @@ def measure_coverage(
     for boxes, (h, w) in zip(boxes_per_image, image_sizes):  # a loop over images
         if boxes.shape[0] == 0:
             continue
-        rh, rw = resized_size(h, w, min_size, max_size)
-        boxes = boxes.float() * torch.tensor([rw / w, rh / h, rw / w, rh / h])
-        best.append(best_iou_per_shape(boxes, (rh, rw), shapes, stride, anchor_generator.offset).max(dim=1).values)
+        boxes, size = resize_boxes(boxes, h, w, min_size, max_size)
+        best.append(best_iou_per_shape(boxes, size, shapes, stride, anchor_generator.offset).max(dim=1).values)
         bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         sides.append(torch.sqrt(bw * bh))
         aspects.append(bh / bw)
@@ -147,9 +152,8 @@ def suggest_anchors(
     per_box = []
     for boxes, (h, w) in zip(boxes_per_image, image_sizes):
         if boxes.shape[0]:
-            rh, rw = resized_size(h, w, min_size, max_size)
-            scaled = boxes.float() * torch.tensor([rw / w, rh / h, rw / w, rh / h])
-            per_box.append(best_iou_per_shape(scaled, (rh, rw), shapes, stride, table.offset))
+            scaled, size = resize_boxes(boxes, h, w, min_size, max_size)
+            per_box.append(best_iou_per_shape(scaled, size, shapes, stride, table.offset))
     if not per_box:
         return list(anchor_generator.sizes), list(anchor_generator.aspect_ratios)
     iou = torch.cat(per_box).view(-1, len(ratios), len(sizes))  # (G, R, S)

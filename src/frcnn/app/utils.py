@@ -192,7 +192,7 @@ def module_from_checkpoint(path: str | Path):
     hparams = checkpoint.get("hyper_parameters") or {}
     if "model_config" not in hparams or not hparams["model_config"]:
         raise ValueError(f"{path}: no model_config in the checkpoint's hyper_parameters (not a DetectionModule checkpoint?)")
-    model = hydra.utils.instantiate(model_config_for_loading(hparams["model_config"]))
+    model = build_model(model_config_for_loading(hparams["model_config"]))
     module = DetectionModule(
         model,
         class_names=hparams["class_names"],

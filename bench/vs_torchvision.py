@@ -62,6 +62,7 @@ from frcnn.backbones import build_backbone, build_fpn_backbone
 from frcnn.backbones.freezing import convert_frozen_batchnorm
 from frcnn.box_head import FCHead, ResNetC5Head
 from frcnn.detector import FasterRCNN
+from frcnn.inference import optimize_for_inference
 from frcnn.matcher import Matcher
 from frcnn.roi_heads import RoIHeads
 from frcnn.roi_pool import MultiLevelRoIPooler, RoIPooler
@@ -399,10 +400,17 @@ class Contender:
     """A model with its training step (forward, backward, SGD) and its inference step."""
 
     def __init__(
-        self, name: str, model: nn.Module, stages: dict[str, list[nn.Module]], device: torch.device
+        self,
+        name: str,
+        model: nn.Module,
+        stages: dict[str, list[nn.Module]],
+        device: torch.device,
+        infer_model: nn.Module | None = None,
     ) -> None:
         self.name = name
         self.model = model
+        # Inference runs this one: ours rewritten by frcnn.inference (BatchNorm folded, channels-last)
+        self.infer_model = infer_model if infer_model is not None else model
         self.stages = stages
         self.clock = StageClock(device)
         self.torchvision = isinstance(model, TVFasterRCNN)
@@ -423,16 +431,16 @@ class Contender:
 
     def infer_step(self, images: list[Tensor]) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
         """-> (proposals per image (P_i, 4), detections per image)."""
-        self.model.eval()
+        model = self.infer_model.eval()
         captured: list[list[Tensor]] = []
 
         def keep_proposals(module, args, output) -> None:  # returns None: leaves the output alone
             captured.append(output[0])
 
-        handle = self.model.rpn.register_forward_hook(keep_proposals)
+        handle = model.rpn.register_forward_hook(keep_proposals)
         try:
             with torch.inference_mode():
-                out = self.model(images)
+                out = model(images)
         finally:
             handle.remove()
         # RPN proposals are in the model's input pixels for both (the resize is a no-op here)
@@ -495,17 +503,25 @@ class Result:
     infer_profile: StepProfile | None = None
 
 
-def run_config(pair: Pair, steps: int, warmup: int, gemm: GemmRate) -> tuple[dict, list[float], str]:
+def run_config(
+    pair: Pair, steps: int, warmup: int, gemm: GemmRate, inference_rewrite: bool
+) -> tuple[dict, list[float], str]:
     """Warm-up (the first step counts FLOPs and compares outputs, the last is profiled), then
-    ``steps`` timed rounds, interleaved. -> ({model: Result}, GEMM FLOP/s per round, agreement)."""
+    ``steps`` timed rounds, interleaved. -> ({model: Result}, GEMM FLOP/s per round, agreement).
+
+    inference_rewrite: ours infers with ``optimize_for_inference`` applied to a copy (what eval.py
+    and predict.py run); the training model is untouched (lr 0 keeps the two equal)."""
+    ours_infer = optimize_for_inference(copy.deepcopy(pair.ours)) if inference_rewrite else None
     contenders = [
-        Contender("ours", pair.ours, pair.ours_stages, pair.settings.device),
+        Contender("ours", pair.ours, pair.ours_stages, pair.settings.device, ours_infer),
         Contender("torchvision", pair.theirs, pair.theirs_stages, pair.settings.device),
     ]
     results = {c.name: Result() for c in contenders}
     with contextlib.ExitStack() as hooks:
         for c in contenders:
             hooks.enter_context(stage_hooks(c.stages, c.clock))
+        if ours_infer is not None:
+            hooks.enter_context(stage_hooks(_stages(ours_infer, False), contenders[0].clock))
         check = _warm_up(contenders, results, warmup, pair.settings)
         gemm_rates = [_timed_round(contenders, results, i, warmup, pair.settings, gemm) for i in range(steps)]
     return results, gemm_rates, check
@@ -581,7 +597,12 @@ def _spread(values: list[float]) -> str:
 
 
 def report(
-    name: str, description: str, results: dict[str, Result], gemm_rates: list[float], check: str
+    name: str,
+    description: str,
+    results: dict[str, Result],
+    gemm_rates: list[float],
+    check: str,
+    inference_rewrite: bool,
 ) -> str:
     """The markdown of one configuration: speed, memory, FLOPs, ratios with targets, stages, ops."""
     gemm = statistics.median(gemm_rates)
@@ -642,7 +663,8 @@ def report(
             f"| {_verdict(share, TARGETS['gemm_share_r50'], True)} |"
         )
     noise = []
-    for kind, label in (("train", "training"), ("infer", "inference")):
+    kinds = (("train", "training"),) if inference_rewrite else (("train", "training"), ("infer", "inference"))
+    for kind, label in kinds:  # rewritten for inference, our backbone is no longer the same module
         mine, theirs = (
             statistics.median(s.get("backbone", 0.0) for s in getattr(r, f"{kind}_stages")) for r in (o, t)
         )
@@ -744,6 +766,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--test-proposals", type=int, help="RPN proposals per image at test (default: per config)"
     )
     parser.add_argument("--record", action="store_true", help="write the tables into bench/README.md")
+    parser.add_argument(
+        "--no-inference-rewrite",
+        dest="inference_rewrite",
+        action="store_false",
+        help="ours infers with the training model as is (default: BatchNorm folded + channels-last, "
+        "frcnn.inference, as eval.py and predict.py run it)",
+    )
     args = parser.parse_args(argv)
     if args.warmup < 2 or args.steps < 1:
         parser.error("need --warmup >= 2 and --steps >= 1")
@@ -757,8 +786,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in args.configs:
         print(f"{name}: building", flush=True)
         pair = CONFIGS[name](settings)
-        results, gemm_rates, check = run_config(pair, args.steps, args.warmup, gemm)
-        sections.append(report(name, pair.description, results, gemm_rates, check))
+        results, gemm_rates, check = run_config(pair, args.steps, args.warmup, gemm, args.inference_rewrite)
+        sections.append(report(name, pair.description, results, gemm_rates, check, args.inference_rewrite))
         print("\n" + sections[-1] + "\n", flush=True)
         del pair, results
 
@@ -778,7 +807,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{Settings.anchor_sizes} x {Settings.aspect_ratios} (FPN: one size per level); RPN 256 anchors at "
             "50 % positive, IoU 0.5 / 0.1, 2000 proposals kept in training, NMS 0.6; R-CNN 25 % positive, IoU 0.5; "
             "score 0.05, NMS 0.5, 100 detections. Training step = forward + backward + SGD; inference = forward "
-            "under inference_mode. Each round runs ours and torchvision alternately first. Peak MB: live bytes "
+            "under inference_mode"
+            + (
+                ", ours with the inference rewrite of eval.py / predict.py (`frcnn.inference`: BatchNorm folded "
+                "into the convolutions, channels-last weights) on a copy of the same weights"
+                if args.inference_rewrite
+                else ", ours without the inference rewrite (--no-inference-rewrite)"
+            )
+            + ". Each round runs ours and torchvision alternately first. Peak MB: live bytes "
             "above the step's start (CPU: the profiler's allocator records; CUDA: max_memory_allocated). FLOPs: "
             "FlopCounterMode (matmuls and convolutions; RoIAlign, NMS and elementwise ops are not counted), "
             "over the median step time and the GEMM rate of the same rounds. Stage times: medians over the "
@@ -786,8 +822,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "across stages in the proportions of one profiled step (each backward op goes to the stage whose "
             "forward op it differentiates); `sample/loss/postprocess` is the rest of the RoI heads (matching, "
             "sampling, losses, detections). The heaviest ops come from that profiled step. The backbone "
-            "forward is the same module on the same input in both models, so its ours / torchvision ratio "
-            f"(printed per configuration) shows the noise. The whole run took {elapsed / 60:.1f} min. "
+            "forward is the same module on the same input in both models (in training; in inference too without "
+            "the rewrite), so its ours / torchvision ratio (printed per configuration) shows the noise. "
+            f"The whole run took {elapsed / 60:.1f} min. "
             "RoIAlign alone, ours against torchvision's and a proposed replacement: `bench/roi_align_variants.py`.",
             "",
             "\n\n".join(sections),

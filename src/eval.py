@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from frcnn.app import utils  # noqa: E402
+from frcnn.inference import optimize_for_inference  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("torch_threads"):
         torch.set_num_threads(cfg.torch_threads)
     module = utils.module_from_checkpoint(cfg.ckpt_path)
+    if cfg.get("inference_rewrite", True):  # BatchNorm folded, channels-last: frcnn.inference
+        optimize_for_inference(module.model)
     data_config = cfg.get("data") or module.hparams.get("data_config")
     if not data_config:
         raise ValueError(f"{cfg.ckpt_path} carries no data config: pass data=<name>")

@@ -25,6 +25,7 @@ from torchvision.io import write_png  # noqa: E402
 from frcnn.app import utils  # noqa: E402
 from frcnn.app.draw import draw_detections  # noqa: E402
 from frcnn.app.predict_io import ImageFiles, coco_results, collate_images, find_images, write_json  # noqa: E402
+from frcnn.inference import optimize_for_inference  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("torch_threads"):
         torch.set_num_threads(cfg.torch_threads)
     module = utils.module_from_checkpoint(cfg.ckpt_path)
+    if cfg.get("inference_rewrite", True):  # BatchNorm folded, channels-last: frcnn.inference
+        optimize_for_inference(module.model)
     files = find_images(cfg.input)
     dataset = ImageFiles(files)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate_images)

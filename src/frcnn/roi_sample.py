@@ -93,6 +93,10 @@ def _bin_weights(coords: Tensor, size: int, bins: int) -> Tensor:
     return weights.view(R, bins, n // bins, size).mean(2)
 
 
+# Bound on the backward's per-chunk intermediates (two of this size are alive at a time).
+_BACKWARD_CHUNK_BYTES = 4 * 2**20
+
+
 class _SeparableBilinear(torch.autograd.Function):
     """A bilinear RoI sampler whose weights factor per axis: out[r] = Wy[r] @ F[b_r] @ Wx[r]^T.
 
@@ -120,15 +124,20 @@ class _SeparableBilinear(torch.autograd.Function):
         wx = _bin_weights(xs.to(grad.dtype), W, S)  # (R, S, W)
         image = rois[:, 0].long()
         grad_features = grad.new_zeros((N, C, H, W))
+        # RoIs in chunks: the x-contracted intermediate is C*S*W per RoI (at FPN's P2 with 64 RoIs
+        # an image, ~30 MB unchunked, more than torchvision's whole backward keeps)
+        chunk = max(1, _BACKWARD_CHUNK_BYTES // (C * S * W * grad.element_size()))
         for n in range(N):  # a loop over images
             sel = (image == n).nonzero()[:, 0]
-            Rn = sel.numel()
-            if Rn == 0:
+            if sel.numel() == 0:
                 continue
-            g = torch.bmm(grad[sel].reshape(Rn, C * S, S), wx[sel])  # (Rn, C*S, W): x contracted
-            g = g.view(Rn, C, S, W).permute(0, 2, 1, 3).reshape(Rn * S, C * W)  # rows (r, bin row)
-            g = wy[sel].reshape(Rn * S, H).t() @ g  # (H, C*W): y and the RoIs contracted
-            grad_features[n] = g.view(H, C, W).permute(1, 0, 2)
+            acc = grad.new_zeros((H, C * W))  # image n's gradient, (H, C, W) as rows of y
+            for part in sel.split(chunk):
+                Rc = part.numel()
+                g = torch.bmm(grad[part].reshape(Rc, C * S, S), wx[part])  # (Rc, C*S, W): x contracted
+                g = g.view(Rc, C, S, W).permute(0, 2, 1, 3).reshape(Rc * S, C * W)  # rows (r, bin row)
+                acc.addmm_(wy[part].reshape(Rc * S, H).t(), g)  # y and the RoIs contracted
+            grad_features[n] = acc.view(H, C, W).permute(1, 0, 2)
         return grad_features, None, None, None
 
 

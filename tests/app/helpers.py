@@ -49,6 +49,7 @@ def tiny_overrides(data_dir: Path, single_process: bool = True) -> list[str]:
         "model.transform.max_size=128",
         *(["trainer.accelerator=cpu", "trainer.devices=1"] if single_process else []),
         "trainer.max_epochs=1",
+        "trainer.check_val_every_n_epoch=1",  # the default experiment validates every 3rd epoch
         "trainer.limit_train_batches=2",
         "trainer.log_every_n_steps=1",
         "callbacks.detection_images.num_images=2",

@@ -35,7 +35,7 @@ def test_default_train_config_is_the_fast_shapes_run(tmp_path):
     assert cfg.backbone.name == "tiny"
     assert cfg.data.train._target_ == "frcnn.data.ShapesSource"
     assert cfg.model.num_classes == 3
-    assert cfg.model.transform.min_size == cfg.model.transform.max_size == 192
+    assert cfg.model.transform.min_size == cfg.model.transform.max_size == 256
     assert cfg.schedule._target_ == "frcnn.app.optim.cosine_schedule"
     assert cfg.optimized_metric == "val/map_50"
     assert cfg.paths.output_dir == str(tmp_path)
@@ -73,7 +73,7 @@ def test_callbacks(tmp_path):
     cfg = compose_config("train", tmp_path, [])
     names = {type(c).__name__ for c in utils.instantiate_callbacks(cfg.callbacks)}
     assert names == {"ModelCheckpoint", "RichModelSummary", "RichProgressBar", "NonFiniteLossGuard",
-                     "DetectionImageLogger", "PerClassAPTable"}
+                     "DetectionImageLogger", "PerClassAPTable", "ValidationPlots"}
     for name in set(options("callbacks")) - {"default", "none"}:
         node = OmegaConf.load(CONF_DIR / "callbacks" / f"{name}.yaml")
         single = OmegaConf.merge({"paths": cfg.paths}, {"callbacks": node})  # resolves ${paths.*}

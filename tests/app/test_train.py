@@ -73,14 +73,19 @@ def test_unknown_pickles_are_refused(tmp_path):
         utils.load_checkpoint(path)
 
 
-def test_eval_reproduces_the_logged_metric(trained, tmp_path):
+@pytest.mark.parametrize("rewrite", [False, True])
+def test_eval_reproduces_the_logged_metric(trained, tmp_path, rewrite):
+    """As trained, and with the inference rewrite (channels-last here: tiny has no BatchNorm)."""
     out, _, _ = trained
     logged = column(read_metrics_csv(out / "csv" / "version_0" / "metrics.csv"), "val/map_50")[0][1]
-    cfg = compose_config("eval", tmp_path, [f"ckpt_path={out / 'checkpoints' / 'epoch_000.ckpt'}", "split=val"])
+    ckpt = out / "checkpoints" / "epoch_000.ckpt"
+    cfg = compose_config("eval", tmp_path, [f"ckpt_path={ckpt}", "split=val", f"inference_rewrite={rewrite}"])
     metrics, objects = script("eval").evaluate(cfg)
     torch.testing.assert_close(float(metrics["val/map_50"]), logged, rtol=0, atol=1e-9)
     assert objects["module"].class_names == CLASS_NAMES
     assert "Average Precision" in objects["module"].evaluators["val"].summary()
+    convs = [m for m in objects["module"].model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs) == rewrite
 
 
 def test_eval_with_a_data_config(trained, tmp_path, data_dir):
@@ -154,7 +159,7 @@ def test_wandb_offline_without_credentials(tmp_path, data_dir, monkeypatch):
                 b"train/loss", b"train/lr", b"val/loss", b"val/map", b"val/map_50", b"val/ap/circle"):
         assert key in data, key
     media = run_dir / "files" / "media"
-    images = list((media / "images").rglob("*.png"))
+    images = list((media / "images" / "val").glob("images_*.png"))  # not the val/plots/* figures
     assert len(images) == 2  # callbacks.detection_images.num_images
     assert b"ground_truth" in data and b"predictions" in data
     boxes = [json.loads(p.read_text()) for p in (media / "metadata" / "boxes2D").rglob("*.json")]

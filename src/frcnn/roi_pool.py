@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import roi_align as torchvision_roi_align
 from torchvision.ops import roi_pool
 
 from frcnn.roi_sample import crop_and_resize, roi_align
@@ -38,10 +37,8 @@ class RoIPooler(nn.Module):
         ``roi_align``: RoIAlign to ``output_size`` with ``sampling_ratio``^2 samples per bin
             (``aligned`` as in torchvision; False reproduces torchvision's detection models).
         ``roi_pool``: the original Fast R-CNN RoI max pooling (torchvision's kernel).
-    The bilinear methods run on ``frcnn.roi_sample``, equal to torchvision's RoIAlign in value, whose
-    backward is fast on a CPU. When no gradient is wanted (evaluation), ``roi_align`` runs
-    torchvision's kernel instead: the same values without materialising every sample (about 9x
-    faster for an FPN's 1000 proposals per image).
+    The bilinear methods run on ``frcnn.roi_sample``: equal to torchvision's RoIAlign in value, and
+    several times faster forward and backward on a CPU.
     """
 
     METHODS = ("crop_and_resize", "roi_align", "roi_pool")
@@ -67,9 +64,7 @@ class RoIPooler(nn.Module):
         rois = rois.to(features.dtype)
         S = self.output_size
         if self.method == "roi_align":
-            if torch.is_grad_enabled() and features.requires_grad:
-                return roi_align(features, rois, S, 1.0 / stride, self.sampling_ratio, self.aligned)
-            return torchvision_roi_align(features, rois, (S, S), 1.0 / stride, self.sampling_ratio, self.aligned)
+            return roi_align(features, rois, S, 1.0 / stride, self.sampling_ratio, self.aligned)
         if self.method == "roi_pool":
             return roi_pool(features, rois, (S, S), 1.0 / stride)
         index_rois = torch.cat((rois[:, :1], rois[:, 1:] / stride - 0.5), dim=1)  # image px -> index

@@ -154,13 +154,15 @@ def test_multi_level_roi_align_equals_multiscale_roi_align(strides):
     pooler = MultiLevelRoIPooler()  # the FPN config's defaults
     named_strides = {name: s for name, s in zip(features, [*strides, 2 * strides[-1]])}
 
-    with torch.no_grad():  # evaluation: torchvision's kernel, so equal to the bit
-        assert_close(pooler(features, boxes, named_strides), reference(features, boxes, image_sizes), rtol=0, atol=0)
+    with torch.no_grad():  # evaluation
+        expected = reference(features, boxes, image_sizes)
+        # float rounding of a different summation order (frcnn.roi_sample's sparse product)
+        assert_close(pooler(features, boxes, named_strides), expected, rtol=1e-4, atol=1e-4)
 
     leaves = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in features.items())
-    ours = pooler(leaves, boxes, named_strides)  # training: frcnn.roi_sample
+    ours = pooler(leaves, boxes, named_strides)  # training
     theirs = reference(leaves, boxes, image_sizes)
-    assert_close(ours, theirs, rtol=1e-4, atol=1e-4)  # float rounding of a different summation order
+    assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
     weights = torch.randn(ours.shape, generator=torch.Generator().manual_seed(5))
     grads_ours = torch.autograd.grad((ours * weights).sum(), list(leaves.values())[:-1], allow_unused=True)
     grads_theirs = torch.autograd.grad((theirs * weights).sum(), list(leaves.values())[:-1], allow_unused=True)

@@ -8,7 +8,7 @@ than one cell outside the map is 0; within one cell it takes the edge value.
 
 Why not torchvision's kernel: on a CPU it runs on one thread, one channel at a time, and its
 backward scatters one sample at a time (~20 % of a Faster R-CNN training step). Here the forward
-is one sparse-dense product over channels-last rows (``sparse_roi_sample``: 3-6x faster) and the
+is a sparse-dense product over channels-last rows (``sparse_roi_sample``: ~3x faster) and the
 backward, since bilinear weights factor per axis, is batched matmuls per image
 (``_SeparableBilinear``: 5-20x faster); bench/roi_align_variants.py. On CUDA the forward is
 torchvision's kernel, the backward the same matmuls.
@@ -22,6 +22,9 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align as torchvision_roi_align
 
+# Bounds on the per-chunk intermediates of the forward and of the backward (two alive at a time).
+_FORWARD_CHUNK_BYTES = 4 * 2**20
+_BACKWARD_CHUNK_BYTES = 4 * 2**20
 
 # torch.sparse_csr_tensor warns once that sparse CSR is "beta"; the product used here is plain.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -38,14 +41,12 @@ def _axis_weights(coords: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Te
     return low, high, (1.0 - frac) * valid, frac * valid
 
 
-def _sample_matrix(
-    rois: Tensor, ys: Tensor, xs: Tensor, bins: int, feature_shape: torch.Size
-) -> Tensor:
-    """The RoI sampler as a sparse (R * S * S, N * H * W) matrix over channels-last feature rows.
+def _sample_taps(rois: Tensor, ys: Tensor, xs: Tensor, bins: int, feature_shape: torch.Size) -> tuple[Tensor, Tensor]:
+    """Each bin's bilinear taps over channels-last feature rows: columns (R, S * S * (2 s)^2) int64
+    (row ``n * H * W + y * W + x``) and their weights, averaged over the bin's s x s samples.
 
-    ys, xs (R, S * s): the sample coordinates, ``s`` per bin and axis. Row (r, i, j) holds bin
-    (i, j)'s bilinear weights, averaged over its s x s samples: ``(2 s)^2`` entries (a pixel that
-    several samples touch appears several times; the product sums them).
+    ys, xs (R, S * s): the sample coordinates, ``s`` per bin and axis. A pixel that several samples
+    touch appears several times; the product sums them.
     """
     N, C, H, W = feature_shape
     R, S = rois.shape[0], bins
@@ -60,26 +61,38 @@ def _sample_matrix(
     # (R, S, S, 2s, 2s): bin (i, j), y tap a, x tap b
     columns = base + y_index[:, :, None, :, None] * W + x_index[:, None, :, None, :]
     values = y_weight[:, :, None, :, None] * x_weight[:, None, :, None, :]
-    taps = (2 * s) ** 2
-    row_starts = torch.arange(0, R * S * S * taps + 1, taps, device=rois.device)
-    return torch.sparse_csr_tensor(
-        row_starts, columns.reshape(-1), values.reshape(-1), size=(R * S * S, N * H * W), check_invariants=False
-    )
+    return columns.reshape(R, -1), values.reshape(R, -1)
 
 
 def sparse_roi_sample(features: Tensor, rois: Tensor, ys: Tensor, xs: Tensor, bins: int) -> Tensor:
     """features (N, C, H, W), rois (R, 5), sample coordinates ys, xs (R, S * s) -> (R, C, S, S).
 
-    One sparse-dense product: ``_sample_matrix`` (R * S * S, N * H * W) @ channels-last rows
-    (N * H * W, C). Every entry is a contiguous C-vector update, and the product runs on all cores:
-    3-6x faster than torchvision's CPU RoIAlign kernel (one thread, one channel at a time), with the
-    same values. The result is channels-last in memory (a (R, S, S, C) tensor viewed as (R, C, S, S)).
+    A sparse-dense product: the bins' taps as a CSR matrix (R * S * S, N * H * W) times the
+    channels-last feature rows (N * H * W, C). Every entry is a contiguous C-vector update and the
+    product runs on all cores: 3x faster than torchvision's CPU RoIAlign kernel (one thread, one
+    channel at a time), with the same values. RoIs go in chunks, each written into the contiguous
+    (R, C, S, S) output, so no second output-sized tensor is ever alive.
     """
     N, C, H, W = features.shape
-    matrix = _sample_matrix(rois, ys.to(features.dtype), xs.to(features.dtype), bins, features.shape)
+    R, S = rois.shape[0], bins
+    columns, values = _sample_taps(rois, ys.to(features.dtype), xs.to(features.dtype), S, features.shape)
+    taps = columns.shape[1] // (S * S)
     rows = features.permute(0, 2, 3, 1).reshape(N * H * W, C)  # a view when already channels-last
-    out = torch.sparse.mm(matrix, rows)  # (R * S * S, C)
-    return out.view(-1, bins, bins, C).permute(0, 3, 1, 2)
+    out = features.new_empty((R, C, S, S))
+    chunk = max(1, _FORWARD_CHUNK_BYTES // (S * S * C * features.element_size()))
+    for first in range(0, R, chunk):
+        part = slice(first, min(first + chunk, R))
+        count = part.stop - part.start
+        row_starts = torch.arange(0, count * S * S * taps + 1, taps, device=features.device)
+        matrix = torch.sparse_csr_tensor(
+            row_starts,
+            columns[part].reshape(-1),
+            values[part].reshape(-1),
+            size=(count * S * S, N * H * W),
+            check_invariants=False,
+        )
+        out[part] = torch.sparse.mm(matrix, rows).view(count, S, S, C).permute(0, 3, 1, 2)
+    return out
 
 
 def _bin_weights(coords: Tensor, size: int, bins: int) -> Tensor:
@@ -92,10 +105,6 @@ def _bin_weights(coords: Tensor, size: int, bins: int) -> Tensor:
     weights.scatter_add_(2, low[..., None], w_low[..., None])
     weights.scatter_add_(2, high[..., None], w_high[..., None])
     return weights.view(R, bins, n // bins, size).mean(2)
-
-
-# Bound on the backward's per-chunk intermediates (two of this size are alive at a time).
-_BACKWARD_CHUNK_BYTES = 4 * 2**20
 
 
 class _SeparableBilinear(torch.autograd.Function):
@@ -149,7 +158,7 @@ def roi_align(
 
     features (N, C, H, W), rois (R, 5) ``(batch_index, x1, y1, x2, y2)`` in image pixels ->
     (R, C, S, S). Each of the S x S bins averages ``sampling_ratio``^2 bilinear samples. The value
-    is ``sparse_roi_sample``'s on a CPU (channels-last in memory), torchvision's kernel's on CUDA;
+    is ``sparse_roi_sample``'s on a CPU, torchvision's kernel's on CUDA;
     the gradient is the separable one of ``_SeparableBilinear``.
     """
     if sampling_ratio <= 0:

@@ -447,36 +447,44 @@ class Contender:
         return captured[0], (out if self.torchvision else out.detections)
 
 
+def _nearest(mine: Tensor, theirs: Tensor, my_labels=None, their_labels=None) -> tuple[Tensor, Tensor]:
+    """boxes (A, 4), (B, 4) -> for each of mine, the max-coordinate distance to the nearest of theirs
+    (of the same label when given) (A,), and that box's index (A,)."""
+    if len(mine) == 0 or len(theirs) == 0:
+        return mine.new_full((len(mine),), float("inf")), torch.zeros(len(mine), dtype=torch.long)
+    distance = (mine[:, None] - theirs[None]).abs().amax(-1)  # (A, B)
+    if my_labels is not None:
+        distance = distance.masked_fill(my_labels[:, None] != their_labels[None], float("inf"))
+    return distance.min(dim=1)
+
+
 def agreement(ours: tuple, theirs: tuple) -> str:
-    """How far apart the two models' proposals and detections are on the same batch."""
+    """How far apart the two models' proposals and detections are on the same batch.
+
+    Matched by position, not by rank: float rounding reorders near-tied scores, so the k-th box of
+    one list need not be the k-th of the other. Each of our boxes is paired with the nearest of
+    torchvision's (detections: of the same class); a box at a top-k cut-off can have no partner.
+    """
     (my_props, my_dets), (tv_props, tv_dets) = ours, theirs
+    p_counts = [(len(a), len(b)) for a, b in zip(my_props, tv_props)]
+    p_gaps = torch.cat([_nearest(a, b)[0] for a, b in zip(my_props, tv_props)])
+    d_counts = [(len(a["boxes"]), len(b["boxes"])) for a, b in zip(my_dets, tv_dets)]
+    d_gaps, s_gaps = [], []
+    for a, b in zip(my_dets, tv_dets):
+        gap, index = _nearest(a["boxes"], b["boxes"], a["labels"], b["labels"])
+        d_gaps.append(gap)
+        s_gaps.append((a["scores"] - b["scores"][index]).abs() if len(b["scores"]) else gap)
+    d_gaps, s_gaps = torch.cat(d_gaps), torch.cat(s_gaps)
 
-    def gap(mine: list[Tensor], tv: list[Tensor]) -> tuple[list, float]:
-        counts = [(len(a), len(b)) for a, b in zip(mine, tv)]
-        diff = max(
-            (
-                float((a[: min(len(a), len(b))] - b[: min(len(a), len(b))]).abs().max())
-                if len(a) and len(b)
-                else 0.0
-            )
-            for a, b in zip(mine, tv)
-        )
-        return counts, diff
+    def share(gaps: Tensor, tol: float = 0.01) -> str:
+        return f"{int((gaps <= tol).sum())} / {len(gaps)} within {tol} px"
 
-    p_counts, p_diff = gap(my_props, tv_props)
-    d_counts, d_diff = gap([d["boxes"] for d in my_dets], [d["boxes"] for d in tv_dets])
-    _, s_diff = gap([d["scores"][:, None] for d in my_dets], [d["scores"][:, None] for d in tv_dets])
-    labels_equal = all(
-        torch.equal(
-            a["labels"][: min(len(a["labels"]), len(b["labels"]))],
-            b["labels"][: min(len(a["labels"]), len(b["labels"]))],
-        )
-        for a, b in zip(my_dets, tv_dets)
-    )
+    close = d_gaps <= 0.01
+    score = float(s_gaps[close].max()) if close.any() else float("nan")
     return (
-        f"proposals per image (ours, torchvision) {p_counts}, max |diff| {p_diff:.2g} px; "
-        f"detections {d_counts}, max |box diff| {d_diff:.2g} px, max |score diff| {s_diff:.2g}, "
-        f"labels {'equal' if labels_equal else 'differ'} (compared in score order)"
+        f"proposals per image (ours, torchvision) {p_counts}: {share(p_gaps)} of one of torchvision's; "
+        f"detections {d_counts}: {share(d_gaps)} of a torchvision detection of the same class, "
+        f"max |score diff| of those pairs {score:.2g}"
     )
 
 

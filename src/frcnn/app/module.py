@@ -18,16 +18,24 @@ Logged keys (``split/name``):
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from lightning import LightningModule
+from lightning.fabric.utilities.warnings import PossibleUserWarning
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from frcnn.app.optim import build_optimizer
 from frcnn.metrics import COCOEvaluator
+
+# The COCO metrics are gathered over the ranks by the evaluator (the same value on every rank), so
+# Lightning's advice to reduce epoch-level values with sync_dist does not apply to them.
+warnings.filterwarnings(
+    "ignore", message=r"It is recommended to use `self.log\('(val|test)/(map|mar|ap)", category=PossibleUserWarning
+)
 
 # The COCO summary numbers logged as scalars; the rest of COCOEvaluator.compute() stays in
 # `last_metrics` for the callbacks (per-class table) and for eval.py's printout.

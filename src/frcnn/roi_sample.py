@@ -23,7 +23,7 @@ from torch import Tensor
 from torchvision.ops import roi_align as torchvision_roi_align
 
 # Bounds on the per-chunk intermediates of the forward and of the backward (two alive at a time).
-_FORWARD_CHUNK_BYTES = 4 * 2**20
+_FORWARD_CHUNK_BYTES = 2**20
 _BACKWARD_CHUNK_BYTES = 4 * 2**20
 
 # torch.sparse_csr_tensor warns once that sparse CSR is "beta"; the product used here is plain.
@@ -78,7 +78,7 @@ def sparse_roi_sample(features: Tensor, rois: Tensor, ys: Tensor, xs: Tensor, bi
     ys, xs = ys.to(features.dtype), xs.to(features.dtype)
     rows = features.permute(0, 2, 3, 1).reshape(N * H * W, C)  # a view when already channels-last
     out = features.new_empty((R, C, S, S))
-    chunk = max(1, _FORWARD_CHUNK_BYTES // (S * S * C * features.element_size()))
+    chunk = max(4, _FORWARD_CHUNK_BYTES // (S * S * C * features.element_size()))
     for first in range(0, R, chunk):
         part = slice(first, min(first + chunk, R))
         count = part.stop - part.start

@@ -78,17 +78,19 @@ def sparse_roi_sample(features: Tensor, rois: Tensor, ys: Tensor, xs: Tensor, bi
     ys, xs = ys.to(features.dtype), xs.to(features.dtype)
     rows = features.permute(0, 2, 3, 1).reshape(N * H * W, C)  # a view when already channels-last
     out = features.new_empty((R, C, S, S))
-    chunk = max(4, _FORWARD_CHUNK_BYTES // (S * S * C * features.element_size()))
+    taps = (2 * (ys.shape[1] // S)) ** 2  # per bin
+    # RoIs per chunk: the product's output and the taps (index, weight and their temporaries,
+    # ~48 bytes a tap) each within the budget
+    chunk = max(4, _FORWARD_CHUNK_BYTES // (S * S * max(C * features.element_size(), taps * 48)))
     for first in range(0, R, chunk):
         part = slice(first, min(first + chunk, R))
         count = part.stop - part.start
         columns, values = _sample_taps(rois[part], ys[part], xs[part], S, features.shape)
-        taps = columns.shape[1] // (S * S)
         row_starts = torch.arange(0, count * S * S * taps + 1, taps, device=features.device)
         matrix = torch.sparse_csr_tensor(
             row_starts, columns.reshape(-1), values.reshape(-1), size=(count * S * S, N * H * W), check_invariants=False
         )
-        out[part] = torch.sparse.mm(matrix, rows).view(count, S, S, C).permute(0, 3, 1, 2)
+        out[part] = torch.mm(matrix, rows).view(count, S, S, C).permute(0, 3, 1, 2)
     return out
 
 

@@ -288,7 +288,7 @@ def machine() -> str:
             if line.startswith("model name"):
                 name = line.split(":", 1)[1].strip()
                 break
-    return f"{name}, {os.cpu_count()} cores (shared), CPU only, {torch.get_num_threads()} torch threads"
+    return f"{name}, {os.cpu_count()} cores, CPU only, {torch.get_num_threads()} torch threads"
 
 
 def table(
@@ -415,8 +415,8 @@ def main() -> None:
                     SECTION,
                     "",
                     f"{started:%Y-%m-%d}, `{command}`, {machine()}; load average {load_before[0]:.1f} at the start, "
-                    f"{load_after[0]:.1f} at the end (other jobs share the cores: that is why the two trainings "
-                    "are interleaved).",
+                    f"{load_after[0]:.1f} at the end (the two trainings are interleaved, so other jobs on the "
+                    "cores, if any, slow both alike).",
                     f"Raccoon train ({train_images} images) -> val ({len(stems)} images), both models from "
                     "`../shared/weights/mobilenet_v2_imagenet_int8derived.pth`, "
                     f"{args.minutes:g} min of training ({args.clock} clock) each.",

@@ -18,24 +18,16 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
-import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from frcnn.app import utils  # noqa: E402
-from frcnn.inference import optimize_for_inference  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate ``cfg.ckpt_path`` on the ``cfg.split`` loader of ``cfg.data``."""
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(cfg.torch_threads)
-    module = utils.module_from_checkpoint(cfg.ckpt_path)
-    if cfg.get("inference_rewrite", True):  # BatchNorm folded, channels-last: frcnn.inference
-        optimize_for_inference(module.model)
+    module = utils.inference_module(cfg)
     data_config = cfg.get("data") or module.hparams.get("data_config")
     if not data_config:
         raise ValueError(f"{cfg.ckpt_path} carries no data config: pass data=<name>")

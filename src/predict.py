@@ -17,7 +17,6 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
-import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.io import write_png  # noqa: E402
@@ -25,20 +24,13 @@ from torchvision.io import write_png  # noqa: E402
 from frcnn.app import utils  # noqa: E402
 from frcnn.app.draw import draw_detections  # noqa: E402
 from frcnn.app.predict_io import ImageFiles, coco_results, collate_images, find_images, write_json  # noqa: E402
-from frcnn.inference import optimize_for_inference  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run the checkpoint's detector over ``cfg.input``; returns the paths written and the results."""
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(cfg.torch_threads)
-    module = utils.module_from_checkpoint(cfg.ckpt_path)
-    if cfg.get("inference_rewrite", True):  # BatchNorm folded, channels-last: frcnn.inference
-        optimize_for_inference(module.model)
+    module = utils.inference_module(cfg)
     files = find_images(cfg.input)
     dataset = ImageFiles(files)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate_images)

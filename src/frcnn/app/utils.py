@@ -15,7 +15,7 @@ from typing import Any
 
 import hydra
 import torch
-from lightning import Callback, Trainer
+from lightning import Callback, Trainer, seed_everything
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -181,6 +181,21 @@ def model_config_for_loading(model_config: Mapping) -> dict:
             if key in backbone:
                 backbone[key] = None
     return OmegaConf.to_container(config)  # type: ignore[return-value]
+
+
+def inference_module(cfg: DictConfig):
+    """eval.py's and predict.py's start: the seed and CPU threads, then ``cfg.ckpt_path``'s module,
+    its detector rewritten for inference (``frcnn.inference``) unless ``inference_rewrite=false``."""
+    from frcnn.inference import optimize_for_inference
+
+    if cfg.get("seed") is not None:
+        seed_everything(cfg.seed, workers=True)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(cfg.torch_threads)
+    module = module_from_checkpoint(cfg.ckpt_path)
+    if cfg.get("inference_rewrite", True):  # BatchNorm folded, channels-last
+        optimize_for_inference(module.model)
+    return module
 
 
 def module_from_checkpoint(path: str | Path):

@@ -1,6 +1,6 @@
 """Helpers of bench/finetune_raccoon.py: the torchvision reference detector, per-model random
-streams, the lr shape over a time budget, an evaluation independent of ``frcnn.metrics``, and
-recording a section of bench/README.md.
+streams, the lr shape over a time budget, and an evaluation independent of ``frcnn.metrics``
+(bench/_common.py names the machine and records the tables).
 
 Boxes follow docs/contracts.md: (N, 4) float32 x1, y1, x2, y2 in 0-based pixel edges of the image
 as the data pipeline delivered it (at evaluation: the original image).
@@ -22,9 +22,6 @@ from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
-
-README = Path(__file__).resolve().parent / "README.md"
-
 
 # --- the reference ------------------------------------------------------------------------------
 
@@ -168,20 +165,3 @@ def pycocotools_ap(ground_truth: dict, detections: dict[int, dict[str, Tensor]])
         evaluation.accumulate()
         evaluation.summarize()
     return float(evaluation.stats[0]), float(evaluation.stats[1])
-
-
-# --- recording -----------------------------------------------------------------------------------
-
-
-def record_section(section: str, markdown: str, readme: Path = README) -> None:
-    """Put ``markdown`` (starting with the ``section`` heading) into bench/README.md in place of that
-    section, or append it; every other section stays as it is."""
-    text = readme.read_text() if readme.exists() else "# Benchmarks\n"
-    markdown = markdown.rstrip("\n") + "\n"
-    start = text.find(section + "\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + markdown
-    else:
-        end = text.find("\n## ", start + len(section))
-        text = text[:start] + markdown + ("\n" + text[end + 1 :] if end != -1 else "")
-    readme.write_text(text)

@@ -32,11 +32,9 @@ budget finishes, so a model overshoots it by at most one step.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import math
 import os
-import platform
 import random
 import shlex
 import sys
@@ -48,12 +46,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import machine, record
 from _finetune_common import (
     RandomStream,
     budget_lr_factor,
     build_reference,
     pycocotools_ap,
-    record_section,
     voc_ground_truth,
 )
 from hydra import compose, initialize_config_dir
@@ -281,16 +279,6 @@ def evaluate(
     return results
 
 
-def machine() -> str:
-    name = platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"{name}, {os.cpu_count()} cores, CPU only, {torch.get_num_threads()} torch threads"
-
-
 def table(
     trainees: list[Trainee], results: dict[str, dict[str, float]], eval_s: dict[str, float], train_images: int
 ) -> str:
@@ -379,7 +367,7 @@ def main() -> None:
     trainees = [ours, reference]
     seed_everything(args.seed)
     tape = BatchTape(datamodule.train_dataloader(), RandomStream())
-    print(machine())
+    print(machine(torch.device("cpu")))
     print(describe(cfg, args, ours, reference), flush=True)
 
     train_interleaved(trainees, tape, args)
@@ -408,13 +396,13 @@ def main() -> None:
     if args.record:
         command = " ".join([".venv/bin/python", "bench/finetune_raccoon.py", *map(shlex.quote, sys.argv[1:])])
         load_after = os.getloadavg()
-        record_section(
+        record(
             SECTION,
             "\n".join(
                 [
                     SECTION,
                     "",
-                    f"{started:%Y-%m-%d}, `{command}`, {machine()}; load average {load_before[0]:.1f} at the start, "
+                    f"{started:%Y-%m-%d}, `{command}`, {machine(torch.device('cpu'))}; load average {load_before[0]:.1f} at the start, "
                     f"{load_after[0]:.1f} at the end (the two trainings are interleaved, so other jobs on the "
                     "cores, if any, slow both alike).",
                     f"Raccoon train ({train_images} images) -> val ({len(stems)} images), both models from "

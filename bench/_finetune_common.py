@@ -1,4 +1,5 @@
-"""Helpers of bench/finetune_raccoon.py: the torchvision reference detector, per-model random
+"""Helpers of bench/finetune_raccoon.py: the torchvision reference detector (torchvision's own
+recipe on ``mobilenet_v2().features``, deliberately not a twin of ours), per-model random
 streams, the lr shape over a time budget, and an evaluation independent of ``frcnn.metrics``
 (bench/_common.py names the machine and records the tables).
 
@@ -17,26 +18,14 @@ from pathlib import Path
 
 import torch
 import torchvision
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
-from torchvision.ops.misc import FrozenBatchNorm2d
+
+from frcnn.layers.batchnorm import convert_frozen_batchnorm
 
 # --- the reference ------------------------------------------------------------------------------
-
-
-def _freeze_batchnorm(module: nn.Module) -> None:
-    """Replace every BatchNorm2d below ``module`` by a FrozenBatchNorm2d holding its loaded values
-    (what torchvision's own detection builders do with ``norm_layer=FrozenBatchNorm2d``)."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-            for key in ("weight", "bias", "running_mean", "running_var"):
-                getattr(frozen, key).copy_(getattr(child, key).detach())
-            setattr(module, name, frozen)
-        else:
-            _freeze_batchnorm(child)
 
 
 def build_reference(
@@ -53,7 +42,7 @@ def build_reference(
     network = torchvision.models.mobilenet_v2()
     network.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True), strict=True)
     features = network.features
-    _freeze_batchnorm(features)
+    convert_frozen_batchnorm(features)
     features[:frozen_stages].requires_grad_(False)
     features.out_channels = 1280
     anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))

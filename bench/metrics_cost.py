@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from frcnn.metrics import COCOEvaluator, available_backends
+from frcnn.evaluation import COCOEvaluator, available_backends
 
 NUM_CLASSES = 80
 DETS_PER_IMAGE = 100

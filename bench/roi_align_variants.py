@@ -28,7 +28,7 @@ from _common import machine, record
 from torch import Tensor
 from torchvision.ops import roi_align as torchvision_roi_align
 
-from frcnn.roi_sample import roi_align as our_roi_align
+from frcnn.layers.roi_align import roi_align as our_roi_align
 
 SECTION = "## RoIAlign"
 VARIANTS = {

@@ -20,14 +20,15 @@ import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from frcnn.app import utils  # noqa: E402
+from frcnn.app.checkpoint import inference_module  # noqa: E402
+from frcnn.app.instantiate import finish_loggers, instantiate_loggers, log_hyperparameters, print_config  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate ``cfg.ckpt_path`` on the ``cfg.split`` loader of ``cfg.data``."""
-    module = utils.inference_module(cfg)
+    module = inference_module(cfg)
     data_config = cfg.get("data") or module.hparams.get("data_config")
     if not data_config:
         raise ValueError(f"{cfg.ckpt_path} carries no data config: pass data=<name>")
@@ -37,9 +38,9 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             f"{cfg.ckpt_path} was trained on classes {module.class_names}; data <{data_config['_target_']}> has "
             f"{list(datamodule.class_names)}. Pick the matching data=..."
         )
-    loggers = utils.instantiate_loggers(cfg.get("logger"))
+    loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=[])
-    utils.log_hyperparameters(cfg, trainer, module)
+    log_hyperparameters(cfg, trainer, module)
     try:
         if cfg.split == "val":
             trainer.validate(module, datamodule=datamodule)
@@ -48,7 +49,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         else:
             raise ValueError(f"split must be 'val' or 'test', got {cfg.split!r}")
     finally:
-        utils.finish_loggers(trainer)
+        finish_loggers(trainer)
     evaluator = module.evaluators[cfg.split]
     if trainer.is_global_zero and evaluator.last_result is not None:
         print(f"\n{cfg.ckpt_path} on the {cfg.split} split:\n{evaluator.summary()}\n")
@@ -58,7 +59,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval.yaml")
 def main(cfg: DictConfig) -> None:
     if cfg.get("print_config"):
-        utils.print_config(cfg)
+        print_config(cfg)
     evaluate(cfg)
 
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.io import write_png  # noqa: E402
 
-from frcnn.app import utils  # noqa: E402
+from frcnn.app.checkpoint import inference_module  # noqa: E402
 from frcnn.app.draw import draw_detections  # noqa: E402
 from frcnn.app.predict_io import ImageFiles, coco_results, collate_images, find_images, write_json  # noqa: E402
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run the checkpoint's detector over ``cfg.input``; returns the paths written and the results."""
-    module = utils.inference_module(cfg)
+    module = inference_module(cfg)
     files = find_images(cfg.input)
     dataset = ImageFiles(files)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate_images)

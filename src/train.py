@@ -24,25 +24,33 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
-import torch  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from frcnn.app import utils  # noqa: E402
+from frcnn.app.build import build_model  # noqa: E402
+from frcnn.app.distributed import distributed_job  # noqa: E402
+from frcnn.app.instantiate import (  # noqa: E402
+    finish_loggers,
+    instantiate_callbacks,
+    instantiate_loggers,
+    log_hyperparameters,
+    metric_value,
+    print_config,
+)
+from frcnn.app.runtime import setup_runtime  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit and test as ``cfg`` says; returns (metrics, the built objects)."""
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(cfg.torch_threads)
+    setup_runtime(cfg)
 
     log.info("data <%s>", cfg.data._target_)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     log.info("model <%s>, backbone <%s>", cfg.model._target_, cfg.backbone.get("name"))
-    model = utils.build_model(cfg.model)  # + model.init_from (torchvision COCO weights) when set
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else None
+    model = build_model(cfg.model, cfg.get("init_from"), choices)  # + init_from (torchvision COCO weights)
     # A partial, then called: Hydra would try to merge an nn.Module passed as a keyword into the config.
     module = hydra.utils.instantiate(cfg.module, _partial_=True)(
         model=model,
@@ -53,15 +61,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         model_config=OmegaConf.to_container(cfg.model, resolve=True),
         data_config=OmegaConf.to_container(cfg.data, resolve=True),
     )
-    callbacks = utils.instantiate_callbacks(cfg.get("callbacks"))
-    loggers = utils.instantiate_loggers(cfg.get("logger"))
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     log.info("optimizer <%s> lr=%s (rank %d of %d)", cfg.optimizer._target_, cfg.optimizer.get("lr"),
              trainer.global_rank, trainer.world_size)
     objects = {"cfg": cfg, "datamodule": datamodule, "module": module, "trainer": trainer}
-    utils.log_hyperparameters(cfg, trainer, module)
+    log_hyperparameters(cfg, trainer, module)
 
-    with utils.distributed_job():
+    with distributed_job():
         try:
             if cfg.get("train"):
                 trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
@@ -78,16 +86,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                 metrics.update(trainer.callback_metrics)
                 log.info("tested checkpoint: %s", ckpt or "-")
         finally:
-            utils.finish_loggers(trainer)
+            finish_loggers(trainer)
     return metrics, objects
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
     if cfg.get("print_config"):
-        utils.print_config(cfg)
+        print_config(cfg)
     metrics, _ = train(cfg)
-    return utils.metric_value(metrics, cfg.get("optimized_metric"))
+    return metric_value(metrics, cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def tiny_overrides(data_dir: Path, single_process: bool = True) -> list[str]:
         "trainer.check_val_every_n_epoch=1",  # the default experiment validates every 3rd epoch
         "trainer.limit_train_batches=2",
         "trainer.log_every_n_steps=1",
-        "callbacks.detection_images.num_images=2",
+        "callbacks.validation_images.num_images=2",
         "print_config=false",
         "torch_threads=1",
     ]

@@ -11,9 +11,10 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from omegaconf import OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
-from frcnn.app import utils
+from frcnn.app.build import ConfigError, build_model
+from frcnn.app.instantiate import instantiate_callbacks, instantiate_loggers
 from frcnn.data import DataError
-from tests.app.helpers import CONF_DIR, ROOT, compose_config
+from tests.app.helpers import CONF_DIR, ROOT, compose_config, script
 
 
 def options(group: str) -> list[str]:
@@ -71,21 +72,21 @@ def test_schedule(tmp_path, name):
 def test_callbacks(tmp_path):
     """The default set (composed), and every single-callback file on its own."""
     cfg = compose_config("train", tmp_path, [])
-    names = {type(c).__name__ for c in utils.instantiate_callbacks(cfg.callbacks)}
+    names = {type(c).__name__ for c in instantiate_callbacks(cfg.callbacks)}
     assert names == {"ModelCheckpoint", "RichModelSummary", "RichProgressBar", "NonFiniteLossGuard",
-                     "DetectionImageLogger", "PerClassAPTable", "ValidationPlots"}
+                     "ValidationImages", "PerClassAPTable", "ValidationPlots"}
     for name in set(options("callbacks")) - {"default", "none"}:
         node = OmegaConf.load(CONF_DIR / "callbacks" / f"{name}.yaml")
         single = OmegaConf.merge({"paths": cfg.paths}, {"callbacks": node})  # resolves ${paths.*}
-        (callback,) = utils.instantiate_callbacks(single.callbacks)
+        (callback,) = instantiate_callbacks(single.callbacks)
         assert type(callback).__name__ == node[name]._target_.rsplit(".", 1)[1]
-    assert utils.instantiate_callbacks(compose_config("train", tmp_path, ["callbacks=none"]).callbacks) == []
+    assert instantiate_callbacks(compose_config("train", tmp_path, ["callbacks=none"]).callbacks) == []
 
 
 @pytest.mark.parametrize("name", options("logger"))
 def test_logger(tmp_path, name):
     cfg = compose_config("train", tmp_path, [f"logger={name}"])
-    loggers = utils.instantiate_loggers(cfg.logger)
+    loggers = instantiate_loggers(cfg.logger)
     expected = {"csv": {CSVLogger}, "tensorboard": {TensorBoardLogger}, "wandb": {WandbLogger},
                 "many": {CSVLogger, TensorBoardLogger, WandbLogger}}[name]
     assert {type(logger) for logger in loggers} == expected
@@ -131,13 +132,13 @@ def test_data(tmp_path, name, data_dir):
 )
 def test_model(tmp_path, overrides):
     cfg = compose_config("train", tmp_path, overrides)
-    model = utils.build_model(cfg.model)
+    model = build_model(cfg.model)
     assert model.num_classes == cfg.data.num_classes
     assert model.transform.min_size == (cfg.model.transform.min_size,)
 
 
 def test_backbone_configs(tmp_path):
-    """Each backbone option names a callable of frcnn.backbones whose arguments it matches; tiny is
+    """Each backbone option names a callable of frcnn.modeling.backbone whose arguments it matches; tiny is
     built through the model's ${backbone} (the others are built by tests/model, with weights)."""
     import inspect
 
@@ -146,7 +147,7 @@ def test_backbone_configs(tmp_path):
     for name in options("backbone"):
         node = OmegaConf.load(CONF_DIR / "backbone" / f"{name}.yaml")
         build = get_method(node._target_)
-        assert node._target_.startswith("frcnn.backbones.")
+        assert node._target_.startswith("frcnn.modeling.backbone.")
         assert set(node) - {"_target_"} <= set(inspect.signature(build).parameters), name
     cfg = compose_config("train", tmp_path, ["backbone=tiny"])
     assert cfg.model.backbone.name == "tiny"  # the model interpolates ${backbone}
@@ -154,24 +155,127 @@ def test_backbone_configs(tmp_path):
     assert backbone.stride == 16
 
 
+# What each experiment is for, value by value (its comment block states the same).
+EXPERIMENTS = {
+    "shapes_fast": {"data.num_classes": 3, "backbone.name": "tiny", "optimizer._target_": "torch.optim.AdamW",
+                    "optimizer.lr": 1.5e-3, "trainer.max_epochs": 12, "model.transform.min_size": 256,
+                    "model.transform.max_size": 256, "model.rpn.anchor_generator.sizes": [16, 32, 64, 128]},
+    "raccoon_mobilenet": {"data.num_classes": 1, "backbone.name": "mobilenet_v2", "backbone.weights": None,
+                          "optimizer._target_": "torch.optim.SGD", "optimizer.lr": 0.01,
+                          "schedule._target_": "frcnn.app.optim.cosine_schedule", "model.transform.min_size": 480,
+                          "model.roi_heads.pooler.method": "roi_align", "trainer.max_epochs": 30},
+    "coco_resnet50": {"data.num_classes": 80, "data.train._target_": "frcnn.data.CocoSource",
+                      "backbone.name": "resnet50", "optimizer.lr": 0.01, "optimizer.weight_decay": 1e-4,
+                      "schedule.milestones": [120000, 160000], "schedule.warmup_steps": 1000,
+                      "trainer.max_steps": 180000, "trainer.accelerator": "gpu", "model.transform.min_size": 800,
+                      "model.transform.max_size": 1333, "model.rpn.anchor_generator.sizes": [32, 64, 128, 256, 512],
+                      "model.roi_heads.pooler.method": "roi_align", "model.roi_heads.batch_size_per_image": 512},
+    "voc07_vgg16": {"data.num_classes": 20, "data.train._target_": "frcnn.data.VocSource", "data.train.split": "trainval",
+                    "data.val.split": "test", "backbone.name": "vgg16", "optimizer._target_": "torch.optim.SGD",
+                    "optimizer.lr": 1e-3, "optimizer.momentum": 0.9, "optimizer.weight_decay": 5e-4,
+                    "schedule.milestones": [50000], "schedule.gamma": 0.1, "trainer.max_steps": 70000,
+                    "data.batch_size": 1, "model.transform.min_size": 600, "model.transform.max_size": 1000,
+                    "model.roi_heads.pooler.method": "crop_and_resize", "model.roi_heads.box_head.hidden_dim": 4096},
+}
+
+
 @pytest.mark.parametrize("name", options("experiment"))
 def test_experiment(tmp_path, name):
     # Pretrained ImageNet weights would be downloaded: off here (raccoon's local file stays on).
     weights = [] if name == "raccoon_mobilenet" else ["backbone.weights=null"]
     cfg = compose_config("train", tmp_path, [f"experiment={name}", *weights])
-    assert cfg.optimizer.lr > 0 and cfg.data.num_classes == cfg.model.num_classes
+    for key, expected in EXPERIMENTS[name].items():
+        value = OmegaConf.select(cfg, key)
+        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        assert value == expected, (name, key, value)
+    assert cfg.model.num_classes == cfg.data.num_classes
     if name in ("shapes_fast", "raccoon_mobilenet"):  # VGG / ResNet heads are big to build for nothing
-        model = utils.build_model(cfg.model)
+        model = build_model(cfg.model)
         assert model.backbone.name == cfg.backbone.name
+        assert model.transform.min_size == (cfg.model.transform.min_size,)
 
 
-@pytest.mark.parametrize("name", options("debug"))
-def test_debug(tmp_path, name):
+@pytest.mark.parametrize(
+    "name, trainer",
+    [
+        ("fdr", {"fast_dev_run": 1, "max_epochs": 1}),
+        ("limit", {"max_epochs": 3, "limit_train_batches": 4, "limit_val_batches": 2, "limit_test_batches": 2}),
+        ("overfit", {"max_epochs": 30, "overfit_batches": 2}),
+        ("profiler", {"max_epochs": 1, "limit_train_batches": 20, "limit_val_batches": 5}),
+    ],
+)
+def test_debug(tmp_path, name, trainer):
     cfg = compose_config("train", tmp_path, [f"debug={name}"])
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
-    assert trainer.max_epochs >= 1 and cfg.data.num_workers == 0
-    if name == "fdr":
-        assert trainer.fast_dev_run
+    built = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+    for key, value in trainer.items():
+        assert getattr(built, key) == value, key
+    # every debug config: one CPU process, loaders in the main process, DEBUG logs
+    assert type(built.accelerator).__name__ == "CPUAccelerator" and built.num_devices == 1
+    assert cfg.data.num_workers == 0 and not cfg.data.persistent_workers
+    assert cfg.hydra.job_logging.root.level == "DEBUG"
+    assert (type(built.profiler).__name__ == "SimpleProfiler") == (name == "profiler")
+    assert cfg.trainer.detect_anomaly == (name in ("fdr", "limit"))
+    if name == "overfit":
+        assert cfg.callbacks.get("model_checkpoint") is None
+
+
+@pytest.mark.parametrize(
+    "overrides, groups, reason",
+    [
+        (["model=faster_rcnn_fpn", "backbone=resnet50", "backbone.weights=null"],
+         "model=faster_rcnn_fpn, backbone=resnet50, data=shapes", "anchors give sizes for 5 feature level(s)"),
+        (["model=faster_rcnn_fpn_mobilenet", "backbone=resnet50_fpn", "backbone.weights=null"],
+         "model=faster_rcnn_fpn_mobilenet, backbone=resnet50_fpn", "sizes for 3 feature level(s), the backbone resnet50_fpn gives 5"),
+        (["backbone=resnet50_fpn", "backbone.weights=null"],
+         "model=faster_rcnn, backbone=resnet50_fpn", "need a MultiLevelRoIPooler"),
+        (["model=rpn_only"], "model=rpn_only, backbone=tiny, data=shapes", "single class"),
+        (["model.roi_heads.box_head._target_=frcnn.modeling.roi_heads.ResNetC5Head", "~model.roi_heads.box_head.hidden_dim"],
+         "model=faster_rcnn, backbone=tiny", "needs a backbone with a conv5 stage"),
+    ],
+    ids=["fpn_model_single_map_backbone", "mobilenet_fpn_model_resnet_fpn", "pyramid_without_level_pooler",
+         "rpn_only_three_classes", "c4_head_without_conv5"],
+)
+def test_parts_that_do_not_fit_fail_before_training_naming_the_groups(tmp_path, data_dir, overrides, groups, reason):
+    """train.py on a combination that cannot work: one ConfigError before the first step, naming the
+    chosen model / backbone / data options and the fix, instead of a failure at the first forward."""
+    cfg = compose_config("train", tmp_path, ["~experiment", *overrides, f"paths.data_dir={data_dir}"])
+    with pytest.raises(ConfigError) as error:
+        script("train").train(cfg)
+    message = str(error.value)
+    assert groups in message and reason in message
+    assert "Change one of these config groups" in message and "model=faster_rcnn_fpn with backbone=resnet50_fpn" in message
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_init_from_is_a_run_option_not_a_constructor_argument(tmp_path):
+    for model in ("faster_rcnn", "faster_rcnn_fpn", "faster_rcnn_fpn_mobilenet", "rpn_only"):
+        cfg = compose_config("train", tmp_path, ["~experiment", f"model={model}"])
+        assert "init_from" not in cfg.model and cfg.init_from is None
+        for node in (cfg.model.transform, cfg.model.rpn):
+            assert node._partial_ is True  # factories the detector calls with its backbone
+
+
+def test_models_compose_instead_of_copying(tmp_path):
+    """model/components hold the transform and the RPN once; the FPN models change only what differs."""
+    seed = compose_config("train", tmp_path, ["~experiment"]).model
+    rpn_only = compose_config("train", tmp_path, ["~experiment", "model=rpn_only"]).model
+    fpn = compose_config("train", tmp_path, ["~experiment", "model=faster_rcnn_fpn"]).model
+    assert OmegaConf.to_container(rpn_only.transform) == OmegaConf.to_container(seed.transform)
+    assert rpn_only.rpn.anchor_generator == seed.rpn.anchor_generator and rpn_only.rpn.nms_threshold == 0.5
+    assert fpn.roi_heads.box_coder == seed.roi_heads.box_coder  # inherited from faster_rcnn.yaml
+    assert fpn.roi_heads.pooler._target_.endswith("MultiLevelRoIPooler") and fpn.roi_heads.pooler.output_size == 7
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_data_configs_share_one_base(tmp_path, name):
+    """conf/data/base/loader.yaml is every dataset's loader and augmentation block."""
+    cfg = compose_config("train", tmp_path, ["~experiment", f"data={name}"])
+    base = OmegaConf.load(CONF_DIR / "data" / "base" / "loader.yaml")
+    for key in ("batch_size", "num_workers", "aspect_ratio_grouping", "check_images"):
+        assert cfg.data[key] == base[key], key
+    assert cfg.data._target_ == "frcnn.data.DetectionDataModule" and cfg.data.train_aug.hflip == 0.5
+    changed = compose_config("train", tmp_path, ["~experiment", f"data={name}", "data.train_aug.hflip=0.2"])
+    assert changed.data.train_aug.hflip == 0.2
 
 
 def test_hparams_search(tmp_path):

@@ -20,7 +20,7 @@ import pytest
 from torch.utils.data import DistributedSampler
 
 from frcnn.data import ShapesGenerator
-from frcnn.metrics import COCOEvaluator
+from frcnn.evaluation import COCOEvaluator
 from tests.app.helpers import (
     CLASS_NAMES,
     column,
@@ -60,7 +60,7 @@ def checkpoint(tmp_path_factory):
         "trainer.limit_train_batches=null", f"trainer.max_epochs={EPOCHS}",
         f"trainer.check_val_every_n_epoch={EPOCHS}",  # one validation, at the end: last.ckpt is saved then
         "optimizer.lr=0.006", "schedule.warmup_steps=5",
-        "callbacks.detection_images.num_images=0", "test=false", "logger=csv",
+        "callbacks.validation_images.num_images=0", "test=false", "logger=csv",
     ])
     _, objects = script("train").train(cfg)
     assert objects["trainer"].global_step == EPOCHS * DDP_SHAPES["num_train"] // 4

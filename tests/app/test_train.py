@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from frcnn.app import utils
 from frcnn.app.callbacks import NonFiniteLossError
+from frcnn.app.checkpoint import load_checkpoint
 from frcnn.app.module import DetectionModule
+from frcnn.app.wandb import wandb_offline
 from tests.app.helpers import (
     CLASS_NAMES,
     column,
@@ -62,7 +63,7 @@ def test_checkpoints_are_plain_and_carry_the_labels(trained):
     hparams = checkpoint["hyper_parameters"]
     assert hparams["class_names"] == CLASS_NAMES
     assert hparams["label_to_category_id"] == {1: 1, 2: 2, 3: 3}
-    assert hparams["model_config"]["_target_"] == "frcnn.detector.FasterRCNN"
+    assert hparams["model_config"]["_target_"] == "frcnn.modeling.FasterRCNN"
     assert checkpoint["global_step"] == 2
 
 
@@ -70,7 +71,7 @@ def test_unknown_pickles_are_refused(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": Path("x")}, path)  # needs unpickling a class
     with pytest.raises(ValueError, match="weights_only=True"):
-        utils.load_checkpoint(path)
+        load_checkpoint(path)
 
 
 @pytest.mark.parametrize("rewrite", [False, True])
@@ -93,8 +94,12 @@ def test_eval_with_a_data_config(trained, tmp_path, data_dir):
     cfg = compose_config("eval", tmp_path, [f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", "data=shapes",
                                             *data_overrides(data_dir)])
     metrics, _ = script("eval").evaluate(cfg)
-    assert 0.0 <= float(metrics["test/map"]) <= 1.0
-    assert (tmp_path / "csv" / "version_0" / "metrics.csv").is_file()  # eval logs too
+    # data=shapes with the run's overrides is the run's own validation set (shapes' test split is
+    # val) at the same batch size: the number logged at the end of training, exactly
+    logged = column(read_metrics_csv(out / "csv" / "version_0" / "metrics.csv"), "val/map")[-1][1]
+    torch.testing.assert_close(float(metrics["test/map"]), logged, rtol=0, atol=1e-9)
+    written = column(read_metrics_csv(tmp_path / "csv" / "version_0" / "metrics.csv"), "test/map")  # eval logs too
+    torch.testing.assert_close(written[-1][1], logged, rtol=0, atol=1e-6)
 
 
 def test_predict_writes_coco_results_inside_the_images(trained, tmp_path, data_dir):
@@ -159,8 +164,8 @@ def test_wandb_offline_without_credentials(tmp_path, data_dir, monkeypatch):
                 b"train/loss", b"train/lr", b"val/loss", b"val/map", b"val/map_50", b"val/ap/circle"):
         assert key in data, key
     media = run_dir / "files" / "media"
-    images = list((media / "images" / "val").glob("images_*.png"))  # not the val/plots/* figures
-    assert len(images) == 2  # callbacks.detection_images.num_images
+    images = list((media / "images" / "val" / "images").glob("*.png"))  # not the val/plots/* figures
+    assert len(images) == 2  # callbacks.validation_images.num_images
     assert b"ground_truth" in data and b"predictions" in data
     boxes = [json.loads(p.read_text()) for p in (media / "metadata" / "boxes2D").rglob("*.json")]
     assert len(boxes) == 4  # ground truth and predictions of each image
@@ -192,4 +197,4 @@ def test_wandb_offline_resolution(tmp_path, monkeypatch, env, netrc, expected):
     if netrc:
         path.write_text("machine api.wandb.ai\n  login user\n  password secret\n")
     monkeypatch.setenv("NETRC", str(path))
-    assert utils.wandb_offline(None) is expected
+    assert wandb_offline(None) is expected

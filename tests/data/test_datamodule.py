@@ -22,17 +22,15 @@ from frcnn.data import (
     collate_detection,
 )
 from frcnn.data.check import main as check_main
-
-CONF_DATA = PROJECT / "conf" / "data"
+from frcnn.tools.compose import compose_project_config
 
 
 def data_config(name, data_dir, **overrides):
-    """conf/data/<name>.yaml under a root config with our own ``paths`` (conf/paths is not ours)."""
-    cfg = OmegaConf.create({
-        "paths": {"root_dir": str(PROJECT), "data_dir": str(data_dir), "shared_dir": str(SHARED),
-                  "output_dir": str(data_dir / "out")},
-        "data": OmegaConf.load(CONF_DATA / f"{name}.yaml"),
-    })
+    """conf/data/<name>.yaml as train.py composes it (its shared base included), with our own paths."""
+    cfg = compose_project_config(
+        ["~experiment", f"data={name}", f"paths.data_dir={data_dir}", f"paths.shared_dir={SHARED}",
+         f"paths.output_dir={data_dir / 'out'}"]
+    )
     for key, value in overrides.items():
         OmegaConf.update(cfg, f"data.{key}", value)
     return cfg

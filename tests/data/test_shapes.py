@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from frcnn.data import SHAPE_CLASSES, ShapesGenerator, ShapesSource, load_split
-from frcnn.data.shapes import _shape_mask
+from frcnn.data.shapes_draw import _shape_mask
 
 
 def small(root, seed=0, **overrides):

@@ -8,8 +8,9 @@ import pytest
 import torch
 from datafiles import COCO128, random_pixels
 
-from frcnn.data import Augmentation, CocoSource, DetectionDataset, load_split, resize_scale
+from frcnn.data import Augmentation, CocoSource, DetectionDataset, load_split
 from frcnn.data.transforms import box_compose
+from frcnn.modeling.transform import resize_scale
 
 NO_BOXES = np.zeros((0, 4), np.float32)
 NO_LABELS = np.zeros(0, np.int64)
@@ -38,7 +39,7 @@ def test_resize_follows_the_model_rule_so_the_model_resize_is_a_no_op(size, expe
         np.zeros((height, width, 3), np.uint8), box, np.array([1, 2]), NO_BOXES, NO_LABELS)
     new_height, new_width = sample.image.shape[:2]
     assert (new_width, new_height) == expected
-    assert resize_scale(new_width, new_height, 600, 1000) == 1.0  # exactly: the model then does nothing
+    assert resize_scale(new_height, new_width, 600, 1000) == 1.0  # exactly: the model then does nothing
     sx, sy = new_width / width, new_height / height
     np.testing.assert_allclose(sample.boxes, [[0, 0, new_width, new_height], [10 * sx, 20 * sy, 30 * sx, 40 * sy]],
                                rtol=1e-5)

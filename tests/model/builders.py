@@ -6,14 +6,14 @@ from functools import partial
 
 import torch
 
-from frcnn.anchors import AnchorGenerator
-from frcnn.backbones import build_backbone
-from frcnn.box_head import FCHead
-from frcnn.detector import FasterRCNN, RPNDetector
-from frcnn.roi_heads import RoIHeads
-from frcnn.roi_pool import RoIPooler
-from frcnn.rpn import RegionProposalNetwork
-from frcnn.transform import InputTransform
+from frcnn.modeling import FasterRCNN, RPNDetector
+from frcnn.modeling.anchors import AnchorGenerator
+from frcnn.modeling.backbone import build_backbone
+from frcnn.modeling.roi_heads import RoIHeads
+from frcnn.modeling.roi_heads.box_head import FCHead
+from frcnn.modeling.roi_heads.poolers import RoIPooler
+from frcnn.modeling.rpn import RegionProposalNetwork
+from frcnn.modeling.transform import InputTransform
 
 
 def small_rpn(**overrides):
@@ -41,10 +41,10 @@ def small_faster_rcnn(num_classes: int = 2, pooler: str = "crop_and_resize", **r
             box_head=partial(FCHead, hidden_dim=256),
             generator=torch.Generator().manual_seed(1),
         ),
-        transform=InputTransform(128, 128),
+        transform=partial(InputTransform, 128, 128),
     )
 
 
 def small_rpn_detector() -> RPNDetector:
     torch.manual_seed(0)
-    return RPNDetector(build_backbone("tiny"), rpn=small_rpn(), transform=InputTransform(128, 128))
+    return RPNDetector(build_backbone("tiny"), rpn=small_rpn(), transform=partial(InputTransform, 128, 128))

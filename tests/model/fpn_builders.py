@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from torch import nn
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
 
-from frcnn.detector import FasterRCNN
+from frcnn.layers.batchnorm import calibrate_batchnorm
+from frcnn.modeling import FasterRCNN
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,8 +27,8 @@ ARCHS = {
 }
 
 
-def model_config(arch: str, overrides: list[str] = ()) -> dict:
-    """The composed ``model`` config of ``arch`` (as train.py sees it), resolved, ``init_from`` left in."""
+def composed(arch: str, overrides: list[str] = ()):
+    """The composed train config of ``arch`` (as train.py sees it)."""
     model, backbone, _ = ARCHS[arch]
     os.environ.setdefault("PROJECT_ROOT", str(REPO))
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -35,14 +36,13 @@ def model_config(arch: str, overrides: list[str] = ()) -> dict:
             "train",
             overrides=["~experiment", f"model={model}", f"backbone={backbone}", "backbone.weights=null", *overrides],
         )
-    return OmegaConf.to_container(cfg.model, resolve=True)
+    return cfg
 
 
 def build_ours(arch: str, overrides: list[str] = ()) -> tuple[FasterRCNN, str | None]:
-    """Our detector from the configs, and its ``init_from`` (which train.py applies after building)."""
-    config = model_config(arch, overrides)
-    init_from = config.pop("init_from")
-    return instantiate(config, _convert_="all"), init_from
+    """Our detector from the configs, and ``init_from`` (which train.py applies after building)."""
+    cfg = composed(arch, overrides)
+    return instantiate(OmegaConf.to_container(cfg.model, resolve=True), _convert_="all"), cfg.get("init_from")
 
 
 def build_torchvision(arch: str, images: list[torch.Tensor], seed: int = 0, **kwargs) -> nn.Module:
@@ -57,11 +57,8 @@ def build_torchvision(arch: str, images: list[torch.Tensor], seed: int = 0, **kw
     model = ARCHS[arch][2](weights=None, weights_backbone=None, **kwargs)
     g = torch.Generator().manual_seed(seed + 1)
     batch = model.transform(images)[0].tensors
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for m in norms:
-        m.momentum = 1.0  # running statistics := this batch's
+    calibrate_batchnorm(model.backbone, batch, freeze=False)
     with torch.no_grad():
-        model.backbone.train()(batch)
         model.eval()
         spread = torch.cat([f.flatten() for f in model.backbone(batch).values()]).std()
         for p in model.backbone.fpn.layer_blocks.parameters():
@@ -77,6 +74,4 @@ def build_torchvision(arch: str, images: list[torch.Tensor], seed: int = 0, **kw
             layer, kind = name.rsplit(".", 1)
             if layer in stds:
                 p.copy_(torch.randn(p.shape, generator=g) * (stds[layer] if kind == "weight" else 0.1))
-    for m in norms:
-        m.momentum = 0.1
     return model

@@ -3,7 +3,7 @@ from torch.testing import assert_close
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
-from frcnn.anchors import AnchorGenerator
+from frcnn.modeling.anchors import AnchorGenerator
 
 
 def test_hand_written_2x2_map():

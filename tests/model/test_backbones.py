@@ -16,8 +16,8 @@ from torch.testing import assert_close
 from torchvision.models import ResNet18_Weights, WeightsEnum
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from frcnn.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
-from frcnn.backbones.weights import resolve_weights, weights_statistics
+from frcnn.modeling.backbone import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from frcnn.modeling.backbone.weights import resolve_weights, weights_statistics
 
 torch.set_num_threads(1)
 
@@ -50,7 +50,7 @@ def test_every_backbone_is_tested_and_configured():
     assert set(BACKBONES) == set(EXPECTED)
     for name in BACKBONES:
         cfg = OmegaConf.load(REPO / "conf" / "backbone" / f"{name}.yaml")
-        assert cfg._target_ == "frcnn.backbones.build_backbone"
+        assert cfg._target_ == "frcnn.modeling.backbone.build_backbone"
         assert cfg.name == name and cfg.weights_path is None and cfg.frozen_bn is True
 
 

@@ -5,7 +5,7 @@ import torch
 from torch.testing import assert_close
 from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
 
-from frcnn.boxes import BoxCoder, clip_boxes, validate_targets
+from frcnn.modeling.boxes import BoxCoder, clip_boxes, validate_targets
 
 
 def test_encode_hand_computed():

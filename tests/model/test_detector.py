@@ -5,8 +5,8 @@ import torch
 from torch.testing import assert_close
 from torchvision.ops import box_iou
 
-from frcnn.detector import LOSS_NAMES
-from frcnn.transform import InputTransform
+from frcnn.modeling import LOSS_NAMES
+from frcnn.modeling.transform import InputTransform
 
 from .builders import small_faster_rcnn, small_rpn_detector
 from .synthetic import batch
@@ -43,18 +43,19 @@ def test_loss_weights_make_the_weighted_sum():
 def test_detections_are_in_original_image_coordinates():
     transform = InputTransform(min_size=128, max_size=1000, size_divisible=16, image_mean=(0, 0, 0), image_std=(1, 1, 1))
     image = torch.rand(3, 64, 100)
-    batch_, sizes, targets = transform([image], [{"boxes": torch.tensor([[10.0, 6.0, 50.0, 32.0]]), "labels": torch.tensor([1])}])
-    assert sizes == [(128, 200)] and batch_.shape == (1, 3, 128, 208)
-    assert_close(targets[0]["boxes"], torch.tensor([[20.0, 12.0, 100.0, 64.0]]))
-    assert_close(transform.map_back(targets[0]["boxes"], sizes[0], (64, 100)), torch.tensor([[10.0, 6.0, 50.0, 32.0]]))
+    out = transform([image], [{"boxes": torch.tensor([[10.0, 6.0, 50.0, 32.0]]), "labels": torch.tensor([1])}])
+    assert out.image_sizes == [(128, 200)] and out.tensor.shape == (1, 3, 128, 208) and out.padded_size == (128, 208)
+    assert out.original_sizes == [(64, 100)]
+    assert_close(out.targets[0]["boxes"], torch.tensor([[20.0, 12.0, 100.0, 64.0]]))
+    assert_close(out.to_original([out.targets[0]["boxes"]])[0], torch.tensor([[10.0, 6.0, 50.0, 32.0]]))
 
 
 def test_resize_is_a_no_op_at_target_size():
     transform = InputTransform(600, 1000, 16, (0, 0, 0), (1, 1, 1))
     image = torch.rand(3, 600, 900)
-    batch_, sizes, _ = transform([image])
-    assert sizes == [(600, 900)]
-    assert_close(batch_[0, :, :600, :900], image)
+    out = transform([image])
+    assert out.image_sizes == [(600, 900)]
+    assert_close(out.tensor[0, :, :600, :900], image)
 
 
 @pytest.mark.parametrize(

@@ -19,11 +19,11 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.ops.poolers import LevelMapper
 
-from frcnn.anchors import AnchorGenerator
-from frcnn.backbones import build_fpn_backbone
-from frcnn.boxes import BoxCoder
-from frcnn.roi_pool import MultiLevelRoIPooler, fpn_levels
-from frcnn.rpn import RegionProposalNetwork
+from frcnn.modeling.anchors import AnchorGenerator
+from frcnn.modeling.backbone import build_fpn_backbone
+from frcnn.modeling.boxes import BoxCoder
+from frcnn.modeling.roi_heads.poolers import MultiLevelRoIPooler, fpn_levels
+from frcnn.modeling.rpn import select_proposals
 
 RATIOS = (0.5, 1.0, 2.0)
 
@@ -87,15 +87,8 @@ def test_proposal_selection_is_per_level_like_torchvision():
     image_sizes = [(128, 180), (100, 192)]
     settings = dict(pre_nms_top_n=50, post_nms_top_n=70, nms_threshold=0.6, score_threshold=0.2)
 
-    ours = RegionProposalNetwork(
-        in_channels=3,
-        anchor_generator=generator,
-        pre_nms_top_n={"train": 0, "test": settings["pre_nms_top_n"]},
-        post_nms_top_n={"train": 0, "test": settings["post_nms_top_n"]},
-        nms_threshold=settings["nms_threshold"],
-        score_threshold=settings["score_threshold"],
-    ).eval()
-    proposals, proposal_logits = ours.select_proposals(anchors, logits, deltas, image_sizes, counts)
+    ours = select_proposals(anchors, logits, deltas, image_sizes, counts, BoxCoder(), **settings)
+    proposals, proposal_logits = ours.boxes, ours.logits
 
     theirs = TVRegionProposalNetwork(
         TVAnchorGenerator(((32,), (64,), (128,)), (RATIOS,) * 3),
@@ -116,15 +109,15 @@ def test_proposal_selection_is_per_level_like_torchvision():
 
 def test_nms_does_not_cross_levels():
     """The same box proposed by two levels survives twice; within a level, the weaker copy goes."""
-    rpn = RegionProposalNetwork(in_channels=1, nms_threshold=0.5).eval()
+    settings = dict(box_coder=BoxCoder(), pre_nms_top_n=6000, post_nms_top_n=300, nms_threshold=0.5)
     box = [10.0, 10.0, 50.0, 50.0]
     anchors = torch.tensor([box, [11.0, 10.0, 51.0, 50.0], box])  # level 0: two, level 1: one
     logits = torch.tensor([[3.0, 2.0, 1.0]])
-    proposals, scores = rpn.select_proposals(anchors, logits, torch.zeros(1, 3, 4), [(64, 64)], [2, 1])
-    assert_close(proposals[0], torch.tensor([box, box]))
-    assert_close(scores[0], torch.tensor([3.0, 1.0]))
-    merged, _ = rpn.select_proposals(anchors, logits, torch.zeros(1, 3, 4), [(64, 64)])  # one level
-    assert_close(merged[0], torch.tensor([box]))
+    two_levels = select_proposals(anchors, logits, torch.zeros(1, 3, 4), [(64, 64)], [2, 1], **settings)
+    assert_close(two_levels.boxes[0], torch.tensor([box, box]))
+    assert_close(two_levels.logits[0], torch.tensor([3.0, 1.0]))
+    one_level = select_proposals(anchors, logits, torch.zeros(1, 3, 4), [(64, 64)], [3], **settings)
+    assert_close(one_level.boxes[0], torch.tensor([box]))
 
 
 def test_roi_levels_equal_torchvision_level_mapper():
@@ -156,7 +149,7 @@ def test_multi_level_roi_align_equals_multiscale_roi_align(strides):
 
     with torch.no_grad():  # evaluation
         expected = reference(features, boxes, image_sizes)
-        # float rounding of a different summation order (frcnn.roi_sample's sparse product)
+        # float rounding of a different summation order (frcnn.layers.roi_align's sparse product)
         assert_close(pooler(features, boxes, named_strides), expected, rtol=1e-4, atol=1e-4)
 
     leaves = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in features.items())

@@ -1,4 +1,4 @@
-"""Inference rewrites (frcnn.inference): BatchNorm folded into convolutions, channels-last weights.
+"""Inference rewrites (frcnn.layers.inference_rewrite): BatchNorm folded into convolutions, channels-last weights.
 
 The rewritten networks must compute what the originals compute (to float rounding), with no
 BatchNorm left where one followed a convolution.
@@ -16,16 +16,17 @@ from torch import nn
 from torch.testing import assert_close
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from frcnn.anchors import AnchorGenerator
-from frcnn.backbones import build_backbone
-from frcnn.backbones.fpn import build_fpn_backbone
-from frcnn.box_head import ResNetC5Head
-from frcnn.detector import FasterRCNN
-from frcnn.inference import fold_batchnorm, fold_conv_bn, optimize_for_inference
-from frcnn.roi_heads import RoIHeads
-from frcnn.roi_pool import RoIPooler
-from frcnn.rpn import RegionProposalNetwork
-from frcnn.transform import InputTransform
+from frcnn.layers.batchnorm import fold_batchnorm, fold_conv_bn
+from frcnn.layers.inference_rewrite import optimize_for_inference
+from frcnn.modeling import FasterRCNN
+from frcnn.modeling.anchors import AnchorGenerator
+from frcnn.modeling.backbone import build_backbone
+from frcnn.modeling.backbone.fpn import build_fpn_backbone
+from frcnn.modeling.roi_heads import RoIHeads
+from frcnn.modeling.roi_heads.box_head import ResNetC5Head
+from frcnn.modeling.roi_heads.poolers import RoIPooler
+from frcnn.modeling.rpn import RegionProposalNetwork
+from frcnn.modeling.transform import InputTransform
 
 from .synthetic import batch
 
@@ -154,7 +155,7 @@ def _c4_detector() -> FasterRCNN:
         roi_heads=partial(
             RoIHeads, pooler=RoIPooler("roi_align", 14, sampling_ratio=2), box_head=ResNetC5Head
         ),
-        transform=InputTransform(128, 128),
+        transform=partial(InputTransform, 128, 128),
     )
     # An untrained predictor scores every box alike; wider weights make the scores differ.
     g = torch.Generator().manual_seed(1)

@@ -3,12 +3,9 @@ import math
 import torch
 from torch.testing import assert_close
 
-from frcnn.losses import (
-    box_regression_loss,
-    rcnn_classification_loss,
-    rpn_objectness_loss,
-    select_class_deltas,
-)
+from frcnn.modeling.losses import box_regression_loss
+from frcnn.modeling.roi_heads.losses import rcnn_classification_loss, select_class_deltas
+from frcnn.modeling.rpn.losses import rpn_objectness_loss
 
 
 def test_rpn_objectness_bce():

@@ -1,7 +1,7 @@
 import torch
 from torch.testing import assert_close
 
-from frcnn.matcher import Matcher
+from frcnn.modeling.matcher import Matcher
 
 IOU = torch.tensor(
     [

@@ -1,8 +1,9 @@
 import torch
 from torch.testing import assert_close
 
-from frcnn.boxes import BoxCoder
-from frcnn.postprocess import postprocess_detections, top_k_per_group
+from frcnn.modeling.batched import top_k_per_group
+from frcnn.modeling.boxes import BoxCoder
+from frcnn.modeling.roi_heads.postprocess import postprocess_detections
 
 
 def _logits(probabilities):

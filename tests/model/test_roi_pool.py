@@ -3,8 +3,8 @@ import torch
 from torch.testing import assert_close
 from torchvision.ops import roi_align as tv_roi_align
 
-from frcnn.roi_pool import RoIPooler
-from frcnn.roi_sample import crop_and_resize, roi_align
+from frcnn.layers.roi_align import crop_and_resize, roi_align
+from frcnn.modeling.roi_heads.poolers import RoIPooler
 
 
 def _x_squared_map():

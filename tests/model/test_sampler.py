@@ -1,7 +1,7 @@
 import torch
 from torch.testing import assert_close
 
-from frcnn.sampler import subsample_labels
+from frcnn.modeling.sampling import subsample_labels
 
 
 def _labels(num_fg, num_bg, num_ignored):

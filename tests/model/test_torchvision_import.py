@@ -12,7 +12,7 @@ from torch.testing import assert_close
 from torchvision.models import WeightsEnum
 from torchvision.models.detection import FasterRCNN_MobileNet_V3_Large_FPN_Weights
 
-from frcnn.torchvision_import import apply_init_from, load_torchvision_detection
+from frcnn.interop.torchvision_import import apply_init_from, load_torchvision_detection
 
 from .fpn_builders import ARCHS, build_ours
 

@@ -13,13 +13,9 @@ import torch
 from torch.testing import assert_close
 from torchvision.models.detection.transform import resize_boxes
 
-from frcnn.detector import LOSS_NAMES
-from frcnn.torchvision_import import (
-    CLASS_SPECIFIC,
-    apply_init_from,
-    load_torchvision_detection,
-    map_torchvision_keys,
-)
+from frcnn.interop.torchvision_import import CLASS_SPECIFIC, apply_init_from, load_torchvision_detection
+from frcnn.interop.torchvision_keys import torchvision_to_ours
+from frcnn.modeling import LOSS_NAMES
 
 from .fpn_builders import build_ours, build_torchvision
 from .synthetic import batch
@@ -161,11 +157,11 @@ def test_fine_tuning_from_a_coco_checkpoint_with_other_classes(tmp_path):
     model, init_from = build_ours(
         "mobilenet_v3_large_fpn",
         ["data.num_classes=2", "model.transform.min_size=128", "model.transform.max_size=128",
-         "model.rpn.post_nms_top_n.train=200", "model.roi_heads.batch_size_per_image=64", f"model.init_from={path}"],
+         "model.rpn.post_nms_top_n.train=200", "model.roi_heads.batch_size_per_image=64", f"init_from={path}"],
     )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     apply_init_from(model, init_from)
-    source = map_torchvision_keys(torch.load(path, weights_only=True))
+    source = torchvision_to_ours(torch.load(path, weights_only=True))
     state = model.state_dict()
     for key, value in state.items():
         if key in CLASS_SPECIFIC:  # re-initialised: the model's own fresh layers, 2 classes

@@ -5,8 +5,10 @@ import torch
 from torch.testing import assert_close
 from torchvision.ops import box_iou
 
-from frcnn.anchors import AnchorGenerator
-from frcnn.tools.anchors import best_iou_per_shape, coverage_table, main, measure_coverage, resized_size
+from frcnn.modeling.anchors import AnchorGenerator
+from frcnn.modeling.transform import resized_size
+from frcnn.tools.anchor_coverage import best_iou_per_shape, coverage_table, measure_coverage
+from frcnn.tools.anchors import main
 
 
 def test_best_iou_per_shape_hand_computed():

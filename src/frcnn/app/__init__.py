@@ -1,5 +1,7 @@
-"""The training application: the LightningModule, optimizer / schedule builders, callbacks and the
-helpers that the entry points ``src/train.py``, ``src/eval.py`` and ``src/predict.py`` share."""
+"""The training application: the LightningModule (``module``), optimizers and schedules (``optim``),
+callbacks, and what the entry points share: building from config (``instantiate``, ``build``),
+checkpoints (``checkpoint``, ``legacy``), W&B (``wandb``), DDP inside Hydra jobs (``distributed``)
+and the process settings (``runtime``)."""
 
 from frcnn.app.module import DetectionModule
 

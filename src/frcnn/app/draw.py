@@ -1,6 +1,6 @@
 """Boxes on images: drawn into pixels (PNG, TensorBoard) or described for W&B's box overlay.
 
-Boxes follow ``frcnn.boxes``: (N, 4) float x1, y1, x2, y2 pixels of the image given; labels 1..K
+Boxes follow ``frcnn.modeling.boxes``: (N, 4) float x1, y1, x2, y2 pixels of the image given; labels 1..K
 index ``class_names[label - 1]``.
 """
 

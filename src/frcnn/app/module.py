@@ -6,7 +6,7 @@ float tensors in [0, 1] and ``targets`` a list of dicts (``boxes`` (G_i, 4) xyxy
 ``batch_size=`` because Lightning cannot infer it from lists of dicts.
 
 Validation and test run ONE forward per batch in eval mode with the targets: the detector returns
-the losses and the detections together (``frcnn.detector``), so ``val/loss`` and ``val/map`` come
+the losses and the detections together (``frcnn.modeling.output``), so ``val/loss`` and ``val/map`` come
 from the same pass.
 
 Logged keys (``split/name``):
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from frcnn.app.optim import build_optimizer
-from frcnn.metrics import COCOEvaluator
+from frcnn.evaluation import COCOEvaluator
 
 # The COCO metrics are gathered over the ranks by the evaluator (the same value on every rank), so
 # Lightning's advice to reduce epoch-level values with sync_dist does not apply to them.
@@ -45,7 +45,7 @@ Batch = tuple[Sequence[Tensor], Sequence[dict[str, Tensor]]]
 
 
 class DetectionModule(LightningModule):
-    """Wraps a detector (``frcnn.detector.FasterRCNN`` or ``RPNDetector``) for Lightning.
+    """Wraps a detector (``frcnn.modeling.FasterRCNN`` or ``RPNDetector``) for Lightning.
 
     Args:
         model: the detector, built by Hydra from ``conf/model`` (its ``loss_weights`` weight ``loss``).

@@ -3,14 +3,14 @@
 Samples follow docs/contracts.md; images come at their own resolution (the model resizes).
 """
 
+from frcnn.data.batching import GroupedBatchSampler, orientation_groups
 from frcnn.data.coco import CocoSource
 from frcnn.data.datamodule import DetectionDataModule, load_split
 from frcnn.data.dataset import DetectionDataset, RawSample, collate_detection, image_to_tensor
 from frcnn.data.decode import ImageDecodeError, inspect_image, read_image
 from frcnn.data.records import DataError, ImageRecord, Problem, Source
-from frcnn.data.sampler import GroupedBatchSampler, orientation_groups
 from frcnn.data.shapes import SHAPE_CLASSES, ShapesGenerator, ShapesSource
-from frcnn.data.transforms import Augmentation, ResizeMinMax, resize_scale
+from frcnn.data.transforms import Augmentation, ResizeMinMax
 from frcnn.data.validate import format_report, summarize, validate_records
 from frcnn.data.voc import VOC_CLASSES, VocSource
 
@@ -39,7 +39,6 @@ __all__ = [
     "load_split",
     "orientation_groups",
     "read_image",
-    "resize_scale",
     "summarize",
     "validate_records",
 ]

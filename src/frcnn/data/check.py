@@ -9,22 +9,16 @@ every problem with its file. Exit status 1 when a split has a fatal problem.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from frcnn.data.records import DataError
 from frcnn.data.validate import format_report, summarize
-
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-CONF_DIR = PROJECT_ROOT / "conf"
+from frcnn.tools.compose import CONF_DIR, compose_project_config
 
 
 def run_check(datamodule) -> tuple[str, bool]:
@@ -48,11 +42,7 @@ def main(argv: Sequence[str] | None = None, config_dir: str | Path = CONF_DIR, c
     overrides = list(sys.argv[1:] if argv is None else argv)
     if not any(o.lstrip("+~").startswith("data.check_images=") for o in overrides):
         overrides.append("data.check_images=full")
-    os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))  # for configs that read ${oc.env:PROJECT_ROOT}
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # lets ${hydra:...} interpolations resolve
+    cfg = compose_project_config(overrides, config_name, config_dir)
     try:
         datamodule = instantiate(cfg.data)
         report, failed = run_check(datamodule)

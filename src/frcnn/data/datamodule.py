@@ -20,9 +20,9 @@ import lightning as L
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from frcnn.data.batching import GroupedBatchSampler, orientation_groups
 from frcnn.data.dataset import DetectionDataset, collate_detection
 from frcnn.data.records import DataError, ImageRecord, Problem, Source
-from frcnn.data.sampler import GroupedBatchSampler, orientation_groups
 from frcnn.data.transforms import Augmentation
 from frcnn.data.validate import CHECK_MODES, counted_warnings, raise_for_problems, validate_records
 

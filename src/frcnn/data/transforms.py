@@ -1,9 +1,11 @@
 """Box-aware augmentation with albumentations, built from config.
 
 Resizing happens in the model (docs/contracts.md): by default this pipeline delivers each image at
-its own resolution. ``resize={min_size, max_size}`` optionally resizes here instead, with exactly
-the model's rule (scale = min(min_size / short side, max_size / long side), sizes rounded), so the
-model's own resize then finds a scale of exactly 1 and does nothing. albumentations'
+its own resolution. ``resize={min_size, max_size}`` optionally resizes here instead, with the
+model's rule (``frcnn.modeling.transform.resize_scale``). Sizes are rounded here where the model
+floors them: ``600 / 333 * 333`` is 599.99..., so flooring could make the short side 599 and the
+model would resize again; rounded, it is 600 and the model's own resize finds a scale of exactly 1
+and does nothing. albumentations'
 ``SmallestMaxSize`` + ``LongestMaxSize`` would not do: ``LongestMaxSize`` also enlarges, so a
 640x480 image would come out 1000x750 instead of 800x600.
 
@@ -26,10 +28,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-
-def resize_scale(width: int, height: int, min_size: int, max_size: int) -> float:
-    """The model's resize rule: the short side becomes ``min_size`` unless the long one exceeds ``max_size``."""
-    return min(min_size / min(width, height), max_size / max(width, height))
+from frcnn.modeling.transform import resize_scale  # noqa: E402  (the model's rule, stated once)
 
 
 class ResizeMinMax(A.DualTransform):
@@ -47,7 +46,7 @@ class ResizeMinMax(A.DualTransform):
 
     def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
         height, width = params["shape"][:2]
-        scale = resize_scale(width, height, self.min_size, self.max_size)
+        scale = resize_scale(height, width, self.min_size, self.max_size)
         return {"out_height": max(1, round(height * scale)), "out_width": max(1, round(width * scale))}
 
     def apply(self, img: np.ndarray, out_height: int, out_width: int, **params) -> np.ndarray:
@@ -137,7 +136,7 @@ class Augmentation:
         """
         if self.resize is None or self.crop > 0:
             return None
-        return resize_scale(width, height, self.resize["min_size"], self.resize["max_size"])
+        return resize_scale(height, width, self.resize["min_size"], self.resize["max_size"])
 
     def _reseed_per_worker(self) -> None:
         # albumentations keeps its own generator, copied as is into every forked loader worker (and

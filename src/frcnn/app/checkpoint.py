@@ -1,0 +1,79 @@
+"""Checkpoints of ``src/train.py`` back into a working detector: read safely, configs migrated,
+model rebuilt, optionally rewritten for inference (``src/eval.py``, ``src/predict.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from frcnn.app.build import build_model
+from frcnn.app.legacy import migrate
+from frcnn.app.runtime import setup_runtime
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, nothing is unpickled.
+
+    Our checkpoints (``DetectionModule`` + Lightning's loop state) hold nothing else. A file that
+    needs arbitrary unpickling is refused with the reason, never executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError / RuntimeError
+        raise ValueError(
+            f"{path} is not a plain checkpoint (torch.load(weights_only=True) refused it: {error}). "
+            "Only load files you trust; this tool never unpickles arbitrary objects."
+        ) from error
+
+
+def model_config_for_loading(model_config: Mapping) -> dict:
+    """A checkpoint's model config in today's layout (``frcnn.app.legacy``), with the backbone's
+    pretrained weights switched off: the checkpoint's state dict replaces them anyway, and no
+    download or shared file is needed."""
+    config = migrate(model_config)
+    backbone = config.get("backbone")
+    if isinstance(backbone, dict):
+        for key in ("weights", "weights_path"):
+            if key in backbone:
+                backbone[key] = None
+    return config
+
+
+def module_from_checkpoint(path: str | Path):
+    """Rebuild a ``DetectionModule`` (detector, class names, label map, and the training run's
+    data config in ``hparams.data_config``) from one of its checkpoints, old layouts included."""
+    from frcnn.app.module import DetectionModule
+
+    checkpoint = load_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if "model_config" not in hparams or not hparams["model_config"]:
+        raise ValueError(f"{path}: no model_config in the checkpoint's hyper_parameters (not a DetectionModule checkpoint?)")
+    model = build_model(model_config_for_loading(hparams["model_config"]))
+    module = DetectionModule(
+        model,
+        class_names=hparams["class_names"],
+        label_to_category_id=hparams["label_to_category_id"],
+        model_config=migrate(hparams["model_config"]),
+        data_config=migrate(hparams.get("data_config")),
+    )
+    module.load_state_dict(checkpoint["state_dict"])
+    return module
+
+
+def inference_module(cfg: DictConfig):
+    """eval.py's and predict.py's start: the seed and CPU threads, then ``cfg.ckpt_path``'s module,
+    its detector rewritten for inference (``frcnn.layers.inference_rewrite``) unless
+    ``inference_rewrite=false``."""
+    from frcnn.layers.inference_rewrite import optimize_for_inference
+
+    setup_runtime(cfg)
+    module = module_from_checkpoint(cfg.ckpt_path)
+    if cfg.get("inference_rewrite", True):  # BatchNorm folded, channels-last
+        optimize_for_inference(module.model)
+    return module

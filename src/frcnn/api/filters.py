@@ -34,6 +34,7 @@ def kept_labels(class_names: Sequence[str], only: Iterable[str | int] | None = N
     """``only`` minus ``ignore`` as labels; None (every class) when neither is given."""
     if only is None and ignore is None:
         return None
+    only, ignore = ([x] if isinstance(x, (str, int)) else x for x in (only, ignore))  # `only_classes=cat`
     keep = class_labels(only, class_names) if only is not None else set(range(1, len(class_names) + 1))
     return keep - (class_labels(ignore, class_names) if ignore is not None else set())
 

@@ -25,10 +25,10 @@ from omegaconf import DictConfig  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.io import write_png  # noqa: E402
 
-from frcnn.api.filters import kept_labels, select  # noqa: E402
-from frcnn.app import utils  # noqa: E402
 from frcnn.api.backend import TorchBackend, default_device  # noqa: E402
 from frcnn.api.detector import Detector  # noqa: E402
+from frcnn.api.filters import kept_labels, select  # noqa: E402
+from frcnn.app import utils  # noqa: E402
 from frcnn.app.draw import draw_detections  # noqa: E402
 from frcnn.app.predict_io import ImageFiles, coco_results, collate_images, find_images, write_json  # noqa: E402
 from frcnn.app.video import is_video, predict_video  # noqa: E402

@@ -3,15 +3,17 @@
 Nothing is downloaded: the driver and the browser are the system's (``/usr/bin/chromedriver``,
 ``/usr/bin/chromium``), so Selenium Manager is never asked for one. The flags keep the browser off
 the network (no component updates, sync, QUIC or background requests) and in a fresh profile.
+``FRCNN_CHROMIUM`` / ``FRCNN_CHROMEDRIVER`` point at another browser and its driver.
 """
 
 from __future__ import annotations
 
-import shutil
+import os
 from pathlib import Path
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+# Debian's paths; another machine's browser and matching driver via the environment.
+CHROMIUM = Path(os.environ.get("FRCNN_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("FRCNN_CHROMEDRIVER", "/usr/bin/chromedriver"))
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--window-size=1280,1000")
@@ -35,7 +37,7 @@ proto.strokeRect = function (x, y, w, h) {
 
 def chromium(profile: Path):
     """A Selenium driver of headless Chromium with a fresh profile in ``profile``."""
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()) and not shutil.which("chromium"):
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         raise RuntimeError(MISSING)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all train lint bench clean
+.PHONY: install browser-deps test test-all train lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,18 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The browser test drives Debian's Chromium and ChromeDriver (a tool's own browser download cannot
+# work offline); set FRCNN_CHROMIUM / FRCNN_CHROMEDRIVER to use other binaries instead.
+browser-deps:
+	@if [ -z "$$FRCNN_CHROMIUM" ] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; }; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+test: $(STAMP) browser-deps
 	$(PY) -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) browser-deps
 	$(PY) -m pytest -q -m ""
 
 train: $(STAMP)

@@ -1,5 +1,9 @@
 """Detect objects in images: ``python src/predict.py ckpt_path=<ckpt> input=<image or folder> output_dir=<dir>``.
 
+A video (``input=clip.mp4``) gives ``<output_dir>/clip.jsonl`` (one JSON line per frame) and
+``<output_dir>/clip_boxes.mp4`` (``frcnn.app.video``). ``min_score``, ``only_classes`` and
+``ignore_classes`` filter the detections of images and videos alike.
+
 Writes ``<output_dir>/detections.json`` (COCO results with the dataset's category ids, plus
 ``category_name`` and ``file_name``), ``<output_dir>/images.json`` (image id -> file, size) and,
 with ``draw=true``, ``<output_dir>/images/<name>.png`` with the boxes scoring at least
@@ -21,9 +25,13 @@ from omegaconf import DictConfig  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.io import write_png  # noqa: E402
 
+from frcnn.api.backend import TorchBackend, default_device  # noqa: E402
+from frcnn.api.detector import Detector  # noqa: E402
+from frcnn.api.filters import kept_labels, select  # noqa: E402
 from frcnn.app.checkpoint import inference_module  # noqa: E402
 from frcnn.app.draw import draw_detections  # noqa: E402
 from frcnn.app.predict_io import ImageFiles, coco_results, collate_images, find_images, write_json  # noqa: E402
+from frcnn.app.video import is_video, predict_video  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +39,22 @@ log = logging.getLogger(__name__)
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run the checkpoint's detector over ``cfg.input``; returns the paths written and the results."""
     module = inference_module(cfg)
+    min_score = cfg.get("min_score") if cfg.get("min_score") is not None else cfg.get("score_threshold")
+    labels = kept_labels(module.class_names, cfg.get("only_classes"), cfg.get("ignore_classes"))
+    if is_video(cfg.input):
+        detector = Detector(TorchBackend(module.model, module.class_names, default_device()), batch_size=cfg.batch_size)
+        return predict_video(detector, cfg.input, cfg.output_dir, cfg.batch_size, min_score, labels,
+                             cfg.get("draw", True), cfg.draw_score_threshold)
     files = find_images(cfg.input)
     dataset = ImageFiles(files)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate_images)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
     batches = trainer.predict(module, dataloaders=loader)
-    predictions = [pred for batch in batches for pred in batch]
+    predictions = [{**pred, **select({key: pred[key] for key in ("boxes", "scores", "labels")}, min_score, None, labels)}
+                   for batch in batches for pred in batch]
 
     output_dir = Path(cfg.output_dir)
-    results = coco_results(predictions, module.class_names, module.label_to_category_id, cfg.get("score_threshold"))
+    results = coco_results(predictions, module.class_names, module.label_to_category_id)
     json_path = write_json(output_dir / "detections.json", results)
     images = []
     for pred in predictions:

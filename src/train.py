@@ -27,7 +27,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from frcnn.app import utils  # noqa: E402
+from frcnn.app import utils, wandb_callback  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     log.info("data <%s>", cfg.data._target_)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    if cfg.data.get("num_classes", 0) is None:  # classes: auto: K is known once the sources are built
+        cfg.data.num_classes = datamodule.num_classes
     log.info("model <%s>, backbone <%s>", cfg.model._target_, cfg.backbone.get("name"))
     model = utils.build_model(cfg.model)  # + model.init_from (torchvision COCO weights) when set
     # A partial, then called: Hydra would try to merge an nn.Module passed as a keyword into the config.
@@ -54,7 +56,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         data_config=OmegaConf.to_container(cfg.data, resolve=True),
     )
     callbacks = utils.instantiate_callbacks(cfg.get("callbacks"))
-    loggers = utils.instantiate_loggers(cfg.get("logger"))
+    loggers = utils.instantiate_loggers(cfg.get("logger"), ckpt_path=cfg.get("ckpt_path"))
+    callbacks += wandb_callback.callbacks_for(loggers)  # the W&B run id into checkpoints; artifacts
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     log.info("optimizer <%s> lr=%s (rank %d of %d)", cfg.optimizer._target_, cfg.optimizer.get("lr"),
              trainer.global_rank, trainer.world_size)

@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
-WANDB_TARGETS = ("lightning.pytorch.loggers.WandbLogger", "lightning.pytorch.loggers.wandb.WandbLogger")
+WANDB_TARGETS = ("lightning.pytorch.loggers.WandbLogger", "lightning.pytorch.loggers.wandb.WandbLogger",
+                 "frcnn.app.wandb_run.WandbRunLogger")
 
 
 # --- building from config -----------------------------------------------------------------------
@@ -68,9 +69,10 @@ def wandb_offline(offline: bool | None) -> bool:
     return bool(offline)
 
 
-def instantiate_loggers(config: DictConfig | None) -> list[Logger]:
+def instantiate_loggers(config: DictConfig | None, ckpt_path: str | None = None) -> list[Logger]:
     """Every ``_target_`` node of ``config`` (the ``logger`` group) -> a logger; W&B's ``offline``
-    is resolved by ``wandb_offline``."""
+    is resolved by ``wandb_offline``; ``WandbRunLogger`` gets ``ckpt_path`` (the checkpoint training
+    resumes from) to continue its W&B run (``frcnn.app.wandb_run``)."""
     if not config:
         return []
     loggers = []
@@ -81,6 +83,8 @@ def instantiate_loggers(config: DictConfig | None) -> list[Logger]:
             node = node.copy()
             with open_dict(node):
                 node.offline = wandb_offline(node.get("offline"))
+                if node._target_ == WANDB_TARGETS[2]:
+                    node.ckpt_path = ckpt_path
             Path(node.save_dir).mkdir(parents=True, exist_ok=True)
             log.info("W&B logger: %s", "offline (sync later with `wandb sync`)" if node.offline else "online")
         loggers.append(hydra.utils.instantiate(node))

@@ -8,7 +8,7 @@ The inverse of ``CocoSource``'s reading:
   id + 1, otherwise), ``name`` = the class name.
 - ``annotations``: per image, the training boxes (``iscrowd`` 0), then the ignored ones (``iscrowd``
   1: COCO crowd or VOC difficult), ids 1, 2, ... in that order. ``bbox`` = ``[x1, y1, x2 - x1,
-  y2 - y1]``, ``area`` = the box area (no masks exist here to measure).
+  y2 - y1]``, ``area`` = width x height of that bbox (no masks exist here to measure).
 - Values are rounded to ``DECIMALS`` decimals: records hold float32, so COCO's 2-decimal boxes
   would otherwise come back as 61.869998931884766; 1/1000 px is below any annotation's precision.
 
@@ -58,13 +58,13 @@ def to_coco(
                        "width": int(record.width), "height": int(record.height)})
         for crowd, boxes, labels in ((0, record.boxes, record.labels), (1, record.ignore_boxes, record.ignore_labels)):
             for (x1, y1, x2, y2), label in zip(boxes.tolist(), labels.tolist()):
-                w, h = x2 - x1, y2 - y1
+                w, h = _round(x2 - x1), _round(y2 - y1)
                 annotations.append({
                     "id": len(annotations) + 1,
                     "image_id": int(record.image_id),
                     "category_id": category_of[label],
-                    "bbox": [_round(x1), _round(y1), _round(w), _round(h)],
-                    "area": _round(w * h),
+                    "bbox": [_round(x1), _round(y1), w, h],
+                    "area": w * h,
                     "iscrowd": crowd,
                 })
     return {"images": images, "annotations": annotations, "categories": categories}

@@ -102,8 +102,8 @@ class YoloSource:
         self.split = split
         self.keep_empty = keep_empty
         self.layout.images(split)  # an unknown split fails here, at construction
-        self.classes_auto = is_auto(classes)
-        if not self.classes_auto:
+        self.classes_auto = is_auto(classes) and self.layout.names is None  # names found in the labels
+        if not is_auto(classes):
             names = dict(enumerate(checked_class_list(classes, f"YoloSource({self.layout.origin})")))
         elif self.layout.names is not None:
             names = self.layout.names

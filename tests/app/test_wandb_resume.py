@@ -105,6 +105,7 @@ def test_which_run_a_logger_continues(tmp_path, wandb_home):
     assert WandbRunLogger(ckpt_path=checkpoint, id="mine", **options).version == "mine"
     assert WandbRunLogger(ckpt_path=checkpoint, resume="never", **options).version is None
     assert WandbRunLogger(ckpt_path=plain, **options).version is None  # a checkpoint of a run without W&B
+    assert WandbRunLogger(ckpt_path="last", **options).version is None  # Lightning's shortcut: no file to read
     with pytest.raises(ValueError, match="resume=must needs a run to continue"):
         WandbRunLogger(ckpt_path=plain, resume="must", **options)
     with pytest.raises(ValueError, match="resume must be one of"):

@@ -135,7 +135,7 @@ def test_a_set_is_built_from_a_mirror_and_then_skipped(tmp_path):
     dest = tmp_path / "data"
     args = ["raccoon", "--dest", str(dest), "--mirror", mirror.as_uri(), "--manifest", str(manifest)]
     assert main(args) == 0
-    root = dest / "raccoon"
+    root = dest / "data" / "raccoon"
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == [
         "Annotations/raccoon-1.xml", "Annotations/raccoon-2.xml", "ImageSets/Main/train.txt",
         "ImageSets/Main/val.txt", "JPEGImages/raccoon-1.jpg", "JPEGImages/raccoon-2.jpg", "LICENSE"]
@@ -151,7 +151,8 @@ def test_a_file_that_differs_fails_the_set_and_leaves_nothing(tmp_path, capsys):
     assert "FETCH ERROR (raccoon): raccoon: 1 file(s) differ from the manifest:" in error
     got, expected = sha256(b"\xff\xd8 tw0"), sha256(b"\xff\xd8 two")
     assert f"JPEGImages/raccoon-2.jpg: SHA-256 {got}, expected {expected}" in error
-    assert sorted(p.name for p in dest.iterdir()) == [".downloads"]  # no raccoon/, no half-built folder
+    assert sorted(p.name for p in dest.iterdir()) == [".downloads", "data"]
+    assert list((dest / "data").iterdir()) == []  # no raccoon/, no half-built folder
 
 
 @pytest.mark.skipif(not (SHARED / "data" / "raccoon").is_dir(), reason="needs ../shared (make data)")
@@ -187,11 +188,11 @@ def test_the_real_manifest_rebuilds_shared_from_a_mirror_of_the_public_files(tmp
 
     dest = tmp_path / "data"
     assert main(["--dest", str(dest), "--mirror", mirror.as_uri(), "--manifest", str(tmp_path / "manifest.json")]) == 0
-    for copy, original in ((dest / "raccoon", racc), (dest / "coco128", coco)):
+    for copy, original in ((dest / "data" / "raccoon", racc), (dest / "data" / "coco128", coco)):
         files = sorted(p.relative_to(original) for p in original.rglob("*") if p.is_file())
         assert sorted(p.relative_to(copy) for p in copy.rglob("*") if p.is_file()) == files
         for relative in files:
             assert (copy / relative).read_bytes() == (original / relative).read_bytes(), relative
     assert (dest / "weights" / "mobilenet_v2-b0353104.pth").read_bytes() == b"stand-in weights"
-    records, problems = load_split(VocSource(dest / "raccoon", "train", classes=["raccoon"]), "header")
+    records, problems = load_split(VocSource(dest / "data" / "raccoon", "train", classes=["raccoon"]), "header")
     assert len(records) == 160 and problems == []

@@ -75,7 +75,13 @@ class WandbRunLogger(WandbLogger):
             raise ValueError(f"logger.wandb.resume must be one of {RESUME_MODES}, got {resume!r}")
         if log_model not in (True, False):
             raise ValueError(f"logger.wandb.log_model must be true or false, got {log_model!r}")
-        self.stored = stored_run(ckpt_path) if ckpt_path and resume != "never" and not id else None
+        self.stored = None
+        if ckpt_path and resume != "never" and not id:
+            if Path(ckpt_path).is_file():
+                self.stored = stored_run(ckpt_path)
+            else:  # Lightning's "last" / "hpc" shortcuts name no file: there is no run to read
+                log.warning("W&B: ckpt_path=%s is not a file, so its W&B run is not known: a new run starts "
+                            "(give the checkpoint's path to continue it)", ckpt_path)
         run_id = id or (self.stored["id"] if self.stored else None)
         if resume == "must" and run_id is None:
             raise ValueError("logger.wandb.resume=must needs a run to continue: ckpt_path=<a checkpoint of a W&B "

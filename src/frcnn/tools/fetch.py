@@ -1,11 +1,13 @@
 """``make data``: download the real data the slow tests and benchmarks use, checksummed, into ``data/``.
 
-``python -m frcnn.tools.fetch [--dest data] [--mirror URL] [raccoon coco128 mobilenet_v2]``
+``python -m frcnn.tools.fetch [--dest data/shared] [--mirror URL] [raccoon coco128 mobilenet_v2]``
 
-What it writes (the layout of ``../shared``, see ``frcnn.tools.fetch_sets``):
+What it writes, in the layout of ``../shared`` (so ``paths.shared_dir`` can point at either; see
+``frcnn.tools.fetch_sets``):
 
-- ``<dest>/raccoon/``: the raccoon dataset (VOC layout, 160 / 40 split) from its public GitHub repository.
-- ``<dest>/coco128/``: the 128 COCO train2017 images with the smallest ids, and their official
+- ``<dest>/data/raccoon/``: the raccoon dataset (VOC layout, 160 / 40 split) from its public GitHub
+  repository.
+- ``<dest>/data/coco128/``: the 128 COCO train2017 images with the smallest ids, and their official
   instances JSON (filtered from COCO's ``annotations_trainval2017.zip``).
 - ``<dest>/weights/mobilenet_v2-b0353104.pth``: torchvision's ImageNet MobileNetV2 (IMAGENET1K_V1).
   Not the file of ``../shared``: that one was recovered from an int8 model and differs.
@@ -39,7 +41,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 MANIFEST = Path(__file__).with_name("fetch_manifest.json")
-DEFAULT_DEST = Path(__file__).resolve().parents[3] / "data"
+DEFAULT_DEST = Path(__file__).resolve().parents[3] / "data" / "shared"
 CHUNK = 1 << 20
 
 Opener = Callable[[str], object]  # url -> a file-like response with read(n)
@@ -135,7 +137,7 @@ def main(argv: Sequence[str] | None = None, opener: Opener = urllib.request.urlo
 
     parser = argparse.ArgumentParser(prog="python -m frcnn.tools.fetch", description=__doc__.split("\n")[0])
     parser.add_argument("sets", nargs="*", help=f"what to fetch: {', '.join(SETS)} (default: all)")
-    parser.add_argument("--dest", type=Path, default=DEFAULT_DEST, help="where (default: the repository's data/)")
+    parser.add_argument("--dest", type=Path, default=DEFAULT_DEST, help="where (default: the repository's data/shared)")
     parser.add_argument("--mirror", help="fetch <mirror>/<host>/<path> instead of the public URLs")
     parser.add_argument("--manifest", type=Path, default=MANIFEST, help="URLs and checksums (JSON)")
     args = parser.parse_args(argv)

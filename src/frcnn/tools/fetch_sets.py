@@ -1,4 +1,5 @@
-"""The three sets ``frcnn.tools.fetch`` builds, each as ``../shared`` holds it.
+"""The three sets ``frcnn.tools.fetch`` builds, each as ``../shared`` holds it: ``<dest>/data/raccoon``,
+``<dest>/data/coco128``, ``<dest>/weights/<file>``.
 
 - raccoon: github.com/datitran/raccoon_dataset at a pinned commit (MIT). ``images/*.jpg`` ->
   ``JPEGImages/``, ``annotations/*.xml`` -> ``Annotations/`` (as written; their ``<filename>``
@@ -71,7 +72,7 @@ def raccoon(dest: Path, entry: dict, get: Get) -> None:
         if voc_digest(folder / "Annotations") != entry["annotations_digest"]:
             raise FetchError("raccoon: the annotations' content differs from the manifest's digest")
 
-    build_atomically(dest / "raccoon", build)
+    build_atomically(dest / "data" / "raccoon", build)
 
 
 def coco128_instances(dataset: dict, image_ids: set[int]) -> dict:
@@ -101,7 +102,7 @@ def coco128(dest: Path, entry: dict, get: Get) -> None:
         (folder / "annotations").mkdir()
         (folder / "annotations" / "instances.json").write_text(json.dumps(reduced))
 
-    build_atomically(dest / "coco128", build)
+    build_atomically(dest / "data" / "coco128", build)
 
 
 def mobilenet_v2(dest: Path, entry: dict, get: Get) -> None:

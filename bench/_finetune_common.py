@@ -1,6 +1,6 @@
 """Helpers of bench/finetune_raccoon.py: the torchvision reference detector (torchvision's own
 recipe on ``mobilenet_v2().features``, deliberately not a twin of ours), per-model random
-streams, the lr shape over a time budget, and an evaluation independent of ``frcnn.metrics``
+streams, the lr shape over a time budget, and an evaluation independent of ``frcnn.evaluation``
 (bench/_common.py names the machine and records the tables).
 
 Boxes follow docs/contracts.md: (N, 4) float32 x1, y1, x2, y2 in 0-based pixel edges of the image

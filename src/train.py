@@ -27,6 +27,7 @@ import lightning as L  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from frcnn.app import wandb_callback  # noqa: E402
 from frcnn.app.build import build_model  # noqa: E402
 from frcnn.app.distributed import distributed_job  # noqa: E402
 from frcnn.app.instantiate import (  # noqa: E402
@@ -48,6 +49,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     log.info("data <%s>", cfg.data._target_)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    if cfg.data.get("num_classes", 0) is None:  # classes: auto: K is known once the sources are built
+        cfg.data.num_classes = datamodule.num_classes
     log.info("model <%s>, backbone <%s>", cfg.model._target_, cfg.backbone.get("name"))
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else None
     model = build_model(cfg.model, cfg.get("init_from"), choices)  # + init_from (torchvision COCO weights)
@@ -62,7 +65,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         data_config=OmegaConf.to_container(cfg.data, resolve=True),
     )
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
-    loggers = instantiate_loggers(cfg.get("logger"))
+    loggers = instantiate_loggers(cfg.get("logger"), ckpt_path=cfg.get("ckpt_path"))
+    callbacks += wandb_callback.callbacks_for(loggers)  # the W&B run id into checkpoints; artifacts
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     log.info("optimizer <%s> lr=%s (rank %d of %d)", cfg.optimizer._target_, cfg.optimizer.get("lr"),
              trainer.global_rank, trainer.world_size)

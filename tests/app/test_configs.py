@@ -13,6 +13,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from frcnn.app.build import ConfigError, build_model
 from frcnn.app.instantiate import instantiate_callbacks, instantiate_loggers
+from frcnn.app.wandb_run import WandbRunLogger
 from frcnn.data import DataError
 from tests.app.helpers import CONF_DIR, ROOT, compose_config, script
 
@@ -87,8 +88,8 @@ def test_callbacks(tmp_path):
 def test_logger(tmp_path, name):
     cfg = compose_config("train", tmp_path, [f"logger={name}"])
     loggers = instantiate_loggers(cfg.logger)
-    expected = {"csv": {CSVLogger}, "tensorboard": {TensorBoardLogger}, "wandb": {WandbLogger},
-                "many": {CSVLogger, TensorBoardLogger, WandbLogger}}[name]
+    expected = {"csv": {CSVLogger}, "tensorboard": {TensorBoardLogger}, "wandb": {WandbRunLogger},
+                "many": {CSVLogger, TensorBoardLogger, WandbRunLogger}}[name]
     assert {type(logger) for logger in loggers} == expected
     for logger in loggers:
         if isinstance(logger, WandbLogger):
@@ -109,9 +110,29 @@ def test_trainer(tmp_path, name):
         assert trainer.strategy._process_group_backend == "gloo"
 
 
+def user_files(name: str, folder) -> list[str]:
+    """data=csv / data=yolo read the user's files: a one-image dataset of each, and its overrides."""
+    from PIL import Image
+
+    if name == "csv":
+        Image.new("RGB", (32, 24)).save(folder / "a.png")
+        for split in ("train", "val"):
+            (folder / f"{split}.csv").write_text("a.png,1,2,20,22,cat\n")
+        return [f"data.train.csv={folder / 'train.csv'}", f"data.val.csv={folder / 'val.csv'}"]
+    if name == "yolo":
+        for split in ("train", "val"):
+            (folder / "images" / split).mkdir(parents=True)
+            (folder / "labels" / split).mkdir(parents=True)
+            Image.new("RGB", (32, 24)).save(folder / "images" / split / "a.png")
+            (folder / "labels" / split / "a.txt").write_text("0 0.5 0.5 0.25 0.5\n")
+        return [f"data.dataset_yaml={folder}"]
+    return []
+
+
 @pytest.mark.parametrize("name", options("data"))
 def test_data(tmp_path, name, data_dir):
-    cfg = compose_config("train", tmp_path, [f"data={name}", f"paths.data_dir={data_dir}"])
+    overrides = user_files(name, tmp_path)
+    cfg = compose_config("train", tmp_path, [f"data={name}", f"paths.data_dir={data_dir}", *overrides])
     if name in ("coco", "voc"):  # full datasets: not on this machine; COCO reads its JSON at construction
         try:
             datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
@@ -120,7 +141,8 @@ def test_data(tmp_path, name, data_dir):
             return
     else:
         datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
-    assert datamodule.num_classes == cfg.data.num_classes == len(datamodule.class_names)
+    assert cfg.data.num_classes in (None, datamodule.num_classes)  # None: classes: auto
+    assert datamodule.num_classes == len(datamodule.class_names)
     assert sorted(datamodule.label_to_category_id) == list(range(1, datamodule.num_classes + 1))
 
 

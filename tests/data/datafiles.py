@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
-RACCOON = SHARED / "data" / "raccoon"
-COCO128 = SHARED / "data" / "coco128"
+from tests.shared_data import COCO128, RACCOON, SHARED  # noqa: F401  (re-exported for the data tests)
+
 PROJECT = Path(__file__).resolve().parents[2]
 
 
@@ -70,4 +69,41 @@ def write_coco(root: Path, annotations: list[dict], sizes: dict[int, tuple[int, 
         annotation.setdefault("iscrowd", 0)
     path = root / "instances.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+def write_yolo(root: Path, splits: dict[str, dict[str, list[tuple]]], names: list[str] | dict | None = None,
+               sizes: dict[str, tuple[int, int]] | None = None, yaml_file: bool = True) -> Path:
+    """A YOLO dataset: images/<split>/<name>.jpg and labels/<split>/<name>.txt (a line per object,
+    ``(class id, cx, cy, w, h)`` or a raw string); ``objects=None`` writes no label file. Returns the
+    data.yaml (``path: .``, with ``names`` when given) or, without ``yaml_file``, the root."""
+    import yaml
+
+    sizes = sizes or {}
+    for split, images in splits.items():
+        for seed, (name, objects) in enumerate(images.items()):
+            write_image(root / "images" / split / f"{name}.jpg", *sizes.get(name, (64, 32)), seed=seed)
+            if objects is not None:
+                label = root / "labels" / split / f"{name}.txt"
+                label.parent.mkdir(parents=True, exist_ok=True)
+                label.write_text("".join((o if isinstance(o, str) else " ".join(map(repr, o))) + "\n"
+                                         for o in objects))
+    if not yaml_file:
+        return root
+    config = {"path": ".", **{split: f"images/{split}" for split in splits}}
+    if names is not None:
+        config["names"] = names
+    path = root / "data.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def write_csv(path: Path, rows: list[tuple | str], header: str | None = "image,x1,y1,x2,y2,label",
+              images: dict[str, tuple[int, int]] | None = None) -> Path:
+    """A box CSV (rows as tuples or raw lines) and, for ``images`` {relative path: size}, the images."""
+    for seed, (name, (width, height)) in enumerate((images or {}).items()):
+        write_image(path.parent / name, width, height, seed=seed)
+    lines = ([header] if header else []) + [r if isinstance(r, str) else ",".join(map(str, r)) for r in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
     return path

@@ -3,6 +3,8 @@ frozen BatchNorm. Nothing here downloads: torchvision weights are replaced by lo
 
 from __future__ import annotations
 
+import re
+
 import warnings
 from pathlib import Path
 
@@ -18,11 +20,12 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from frcnn.modeling.backbone import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from frcnn.modeling.backbone.weights import resolve_weights, weights_statistics
+from tests.shared_data import MOBILENET_V2
 
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_MOBILENET_V2 = REPO.parent / "shared" / "weights" / "mobilenet_v2_imagenet_int8derived.pth"
+SHARED_MOBILENET_V2 = MOBILENET_V2  # ../shared's int8-derived ImageNet weights, or make data's float ones
 NO_WEIGHTS_WARNING = "ignore:frozen_bn=True without pretrained weights"
 
 # name -> (stride, out_channels, c5_out_channels): the documented table, written out independently.
@@ -97,8 +100,6 @@ def test_frozen_bn_without_weights_warns_but_tiny_does_not():
 
 @pytest.fixture(scope="module")
 def shared_mobilenet_v2() -> dict[str, torch.Tensor]:
-    if not SHARED_MOBILENET_V2.is_file():
-        pytest.skip(f"{SHARED_MOBILENET_V2} not present")
     return torch.load(SHARED_MOBILENET_V2, map_location="cpu", weights_only=True)
 
 
@@ -147,7 +148,7 @@ def test_weights_file_in_a_checkpoint_with_module_prefix(tmp_path):
 
 
 def test_mismatched_weights_file_names_the_file_and_the_keys(tmp_path, shared_mobilenet_v2):
-    with pytest.raises(ValueError, match=r"mobilenet_v2_imagenet_int8derived\.pth[\s\S]*missing keys"):
+    with pytest.raises(ValueError, match=re.escape(SHARED_MOBILENET_V2.name) + r"[\s\S]*missing keys"):
         build_backbone("mobilenet_v3_large", weights_path=SHARED_MOBILENET_V2)
 
     state = dict(shared_mobilenet_v2)

@@ -27,9 +27,10 @@ def instantiate_callbacks(config: DictConfig | None) -> list[Callback]:
     return [hydra.utils.instantiate(node) for node in config.values() if isinstance(node, DictConfig) and "_target_" in node]
 
 
-def instantiate_loggers(config: DictConfig | None) -> list[Logger]:
+def instantiate_loggers(config: DictConfig | None, ckpt_path: str | None = None) -> list[Logger]:
     """Every ``_target_`` node of ``config`` (the ``logger`` group) -> a logger; W&B's ``offline``
-    is resolved by ``wandb_offline``."""
+    is resolved by ``wandb_offline``; ``WandbRunLogger`` gets ``ckpt_path`` (the checkpoint training
+    resumes from) to continue its W&B run (``frcnn.app.wandb_run``)."""
     if not config:
         return []
     loggers = []
@@ -40,6 +41,8 @@ def instantiate_loggers(config: DictConfig | None) -> list[Logger]:
             node = node.copy()
             with open_dict(node):
                 node.offline = wandb_offline(node.get("offline"))
+                if node._target_ == WANDB_TARGETS[2]:
+                    node.ckpt_path = ckpt_path
             Path(node.save_dir).mkdir(parents=True, exist_ok=True)
             log.info("W&B logger: %s", "offline (sync later with `wandb sync`)" if node.offline else "online")
         loggers.append(hydra.utils.instantiate(node))

@@ -9,7 +9,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-WANDB_TARGETS = ("lightning.pytorch.loggers.WandbLogger", "lightning.pytorch.loggers.wandb.WandbLogger")
+WANDB_TARGETS = ("lightning.pytorch.loggers.WandbLogger", "lightning.pytorch.loggers.wandb.WandbLogger",
+                 "frcnn.app.wandb_run.WandbRunLogger")
 
 
 def wandb_has_credentials() -> bool:

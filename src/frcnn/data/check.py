@@ -4,7 +4,8 @@ Composes the project config (``conf/train.yaml``) with the overrides, builds the
 reads and validates every distinct split with the same code ``DetectionDataModule.setup`` runs, but
 with ``check_images=full`` (every image decoded) unless ``data.check_images=...`` is given. Prints,
 per split: images, boxes per class, image and box size distributions, images without boxes and
-every problem with its file. Exit status 1 when a split has a fatal problem.
+every problem with its file; with ``classes: auto`` it says so under the class list. Exit status 1
+when a split has a fatal problem.
 """
 
 from __future__ import annotations
@@ -24,8 +25,13 @@ from frcnn.tools.compose import CONF_DIR, compose_project_config
 def run_check(datamodule) -> tuple[str, bool]:
     """Check every split of a built ``DetectionDataModule``; return (the report, any fatal problem)."""
     identity = all(label == category for label, category in datamodule.label_to_category_id.items())
-    lines = [f"classes ({datamodule.num_classes}): {', '.join(datamodule.class_names)}",
-             f"check_images: {datamodule.check_images}"]
+    lines = [f"classes ({datamodule.num_classes}): {', '.join(datamodule.class_names)}"]
+    if getattr(datamodule.sources["train"], "classes_auto", False):
+        lines.append("  (classes: auto, found in the annotations and sorted; pin them with classes: [...] "
+                     "once the dataset is final)")
+    if getattr(datamodule, "dataset_yaml", None):
+        lines.append(f"dataset: {datamodule.dataset_yaml}")
+    lines.append(f"check_images: {datamodule.check_images}")
     if not identity:
         lines.append("label -> dataset category id: " + ", ".join(
             f"{label}->{category}" for label, category in datamodule.label_to_category_id.items()))

@@ -44,7 +44,8 @@ class DetectionDataModule(L.LightningDataModule):
     """Detection data for Lightning.
 
     Args:
-        train: the training split's source (``CocoSource``, ``VocSource``, ``ShapesSource``).
+        train: the training split's source (``CocoSource``, ``VocSource``, ``YoloSource``, ``CsvSource``,
+            ``ConcatSource``, ``ShapesSource``).
         val: the validation split's source.
         test: the test split's source (default: ``val``).
         predict: the prediction split's source (default: ``test``).
@@ -55,6 +56,8 @@ class DetectionDataModule(L.LightningDataModule):
         num_workers, pin_memory, persistent_workers: as in ``DataLoader`` (persistent only with workers).
         aspect_ratio_grouping: group training batches by orientation (batch_size > 1).
         check_images: "full", "header" or "off": how hard setup checks the image files.
+        dataset_yaml: YOLO's dataset YAML (or folder) that the split sources of ``conf/data/yolo.yaml``
+            interpolate, so that one override names it; kept for the data check's report.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class DetectionDataModule(L.LightningDataModule):
         persistent_workers: bool = True,
         aspect_ratio_grouping: bool = True,
         check_images: str = "header",
+        dataset_yaml: str | None = None,
     ) -> None:
         super().__init__()
         test = test if test is not None else val
@@ -89,6 +93,7 @@ class DetectionDataModule(L.LightningDataModule):
         if check_images not in CHECK_MODES:
             raise ValueError(f"check_images must be one of {CHECK_MODES}, got {check_images!r}")
         self.check_images = check_images
+        self.dataset_yaml = dataset_yaml
 
         self.class_names: list[str] = list(train.class_names)
         self.label_to_category_id: dict[int, int] = {

@@ -1,7 +1,7 @@
 """What the annotation readers produce, and how they report a bad file.
 
 An ``ImageRecord`` is one image of a split as its annotation file describes it, already converted to
-the project's box convention (``frcnn.boxes``: ``(N, 4)`` float32 ``x1, y1, x2, y2``, 0-based pixel
+the project's box convention (``frcnn.modeling.boxes``: ``(N, 4)`` float32 ``x1, y1, x2, y2``, 0-based pixel
 edges; labels int64 in 1..K). Readers (``CocoSource``, ``VocSource``) convert and report what they
 cannot parse; ``frcnn.data.validate`` checks the boxes and image files and applies the documented
 fixes. A record holds plain numpy arrays so a dataset of them pickles cheaply into loader workers.

@@ -1,6 +1,8 @@
 """Pascal VOC: ``Annotations/<id>.xml``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt``.
 
 - Classes: the 20 VOC classes by default, or ``classes=[...]``; label i + 1 is ``classes[i]``.
+  ``classes="auto"``: the sorted object names of every XML in ``Annotations/`` (all splits share
+  the folder, so they get the same list; ``frcnn.data.classes``).
 - VOC boxes count 1-based pixels inclusively (``xmin = 1`` is the first column, ``xmax`` the last
   covered one). In pixel edges, 0-based: ``x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax``;
   a box over pixels 1..10 becomes ``[0, 10]``.
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from frcnn.data.classes import checked_class_list, is_auto, sorted_names
 from frcnn.data.records import DataError, ImageRecord, Problem
 
 VOC_CLASSES = (
@@ -47,7 +50,7 @@ class VocSource:
         root: the folder holding ``Annotations``, ``JPEGImages`` and ``ImageSets`` (e.g.
             ``VOCdevkit/VOC2007``).
         split: name of the list in ``ImageSets/Main`` (``train``, ``val``, ``trainval``, ``test``).
-        classes: class names; label i + 1 is ``classes[i]``.
+        classes: class names, label i + 1 is ``classes[i]``; or "auto" (names read from the XMLs).
         use_difficult: train on ``difficult`` objects too (otherwise they are ignored boxes).
         keep_empty: keep images without any training box as negatives (True) or drop them.
     """
@@ -56,21 +59,37 @@ class VocSource:
         self,
         root: str | Path,
         split: str,
-        classes: Sequence[str] = VOC_CLASSES,
+        classes: Sequence[str] | str = VOC_CLASSES,
         use_difficult: bool = False,
         keep_empty: bool = True,
     ) -> None:
         self.root = Path(root)
         self.split = split
-        self.class_names = [str(name) for name in classes]
-        if len(set(self.class_names)) != len(self.class_names) or not self.class_names:
-            raise DataError(f"VOC classes must be a non-empty list of distinct names, got {self.class_names}")
+        self.classes_auto = is_auto(classes)
+        if self.classes_auto:
+            self.class_names = sorted_names(self._object_names(), str(self.root / "Annotations"))
+        else:
+            self.class_names = checked_class_list(classes, f"VocSource({self.root})")
         self.category_ids = list(range(1, len(self.class_names) + 1))
         self.use_difficult = use_difficult
         self.keep_empty = keep_empty
 
     def __repr__(self) -> str:
         return f"VocSource(root={str(self.root)!r}, split={self.split!r})"
+
+    def _object_names(self) -> list[str]:
+        """Every object name of every XML in ``Annotations/`` (unreadable files: reported by ``load``)."""
+        folder = self.root / "Annotations"
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no such folder (classes: auto reads the object names of its XMLs)")
+        names = []
+        for xml_path in sorted(folder.glob("*.xml")):
+            try:
+                tree = ET.parse(xml_path).getroot()
+            except ET.ParseError:
+                continue
+            names += [(obj.findtext("name") or "").strip() for obj in tree.findall("object")]
+        return names
 
     @property
     def split_file(self) -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 from frcnn.evaluation.per_image import EvalRecord
 
 # Fastest first, as measured by bench/metrics_cost.py (bench/README.md, "Evaluation cost"); both give
-# the same numbers (tests/metrics/test_coco_eval.py).
+# the same numbers (tests/evaluation/test_coco_eval.py).
 BACKENDS = ("faster_coco_eval", "pycocotools")
 
 def available_backends() -> list[str]:

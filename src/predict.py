@@ -1,5 +1,8 @@
 """Detect objects in images: ``python src/predict.py ckpt_path=<ckpt> input=<image or folder> output_dir=<dir>``.
 
+``runtime=onnxruntime|openvino model=<file.onnx>`` runs a model exported by src/export.py instead
+of the checkpoint (class names and the label map come from the model's metadata).
+
 Writes ``<output_dir>/detections.json`` (COCO results with the dataset's category ids, plus
 ``category_name`` and ``file_name``), ``<output_dir>/images.json`` (image id -> file, size) and,
 with ``draw=true``, ``<output_dir>/images/<name>.png`` with the boxes scoring at least
@@ -28,15 +31,33 @@ from frcnn.app.predict_io import ImageFiles, coco_results, collate_images, find_
 log = logging.getLogger(__name__)
 
 
+def predict_exported(cfg: DictConfig, loader: DataLoader):
+    """runtime=onnxruntime|openvino: the exported ``cfg.model`` (frcnn.export.runtimes) over the loader."""
+    from frcnn.export.runtimes import load_backend
+
+    if not cfg.get("model"):
+        raise ValueError(f"runtime={cfg.runtime} runs an exported model: pass model=<file.onnx> (src/export.py)")
+    backend = load_backend(cfg.runtime, cfg.model, cfg.get("threads"))
+    predictions = []
+    for images, metas in loader:
+        for detections, meta in zip(backend(images), metas):
+            predictions.append({**detections, **meta})
+    return backend, predictions
+
+
 def predict(cfg: DictConfig) -> dict[str, Any]:
-    """Run the checkpoint's detector over ``cfg.input``; returns the paths written and the results."""
-    module = utils.inference_module(cfg)
+    """Run the checkpoint's detector (or, with ``runtime=onnxruntime|openvino``, the exported
+    ``model=``) over ``cfg.input``; returns the paths written and the results."""
     files = find_images(cfg.input)
     dataset = ImageFiles(files)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate_images)
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
-    batches = trainer.predict(module, dataloaders=loader)
-    predictions = [pred for batch in batches for pred in batch]
+    if cfg.get("runtime", "torch") == "torch":
+        module = utils.inference_module(cfg)
+        trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+        batches = trainer.predict(module, dataloaders=loader)
+        predictions = [pred for batch in batches for pred in batch]
+    else:
+        module, predictions = predict_exported(cfg, loader)
 
     output_dir = Path(cfg.output_dir)
     results = coco_results(predictions, module.class_names, module.label_to_category_id, cfg.get("score_threshold"))

@@ -80,8 +80,8 @@ def assert_same_detections(expected: list[dict[str, Tensor]], actual: list[dict[
     for i, (e, a) in enumerate(zip(expected, actual)):
         context = f"{where} image {i}"
         assert a["boxes"].shape == e["boxes"].shape, f"{context}: {a['boxes'].shape[0]} vs {e['boxes'].shape[0]} detections"
-        assert_close(a["boxes"], e["boxes"], atol=BOX_ATOL, rtol=0, msg=lambda m: f"{context} boxes: {m}")
-        assert_close(a["scores"], e["scores"], atol=SCORE_ATOL, rtol=0, msg=lambda m: f"{context} scores: {m}")
+        assert_close(a["boxes"], e["boxes"], atol=BOX_ATOL, rtol=0, msg=lambda m, c=context: f"{c} boxes: {m}")
+        assert_close(a["scores"], e["scores"], atol=SCORE_ATOL, rtol=0, msg=lambda m, c=context: f"{c} scores: {m}")
         assert torch.equal(a["labels"], e["labels"]), f"{context}: labels differ"
         assert a["labels"].dtype == torch.int64
 

@@ -32,7 +32,7 @@ def max_differences(expected: list[dict], actual: list[dict]) -> dict[str, float
 
 
 def verify_against_eager(model: nn.Module, path: str | Path, fmt: str, count: int = 2, seed: int = 0) -> dict[str, float]:
-    """Runs ``count`` random images through the file (ONNX Runtime, or the pt2 package) and the
+    """Runs ``count`` random images through the file (ONNX Runtime) and the
     eager model rewritten as predict.py runs it; raises ``ExportError`` beyond 1e-3 px / 1e-4."""
     from frcnn.export.runtimes import load_backend
 
@@ -41,7 +41,9 @@ def verify_against_eager(model: nn.Module, path: str | Path, fmt: str, count: in
     eager = optimize_for_inference(copy.deepcopy(model))
     with torch.no_grad():  # one image a call: a batch of mixed sizes is padded, which changes the numbers
         expected = [eager([image]).detections[0] for image in images]
-    backend = load_backend("onnxruntime" if fmt == "onnx" else "pt2", path)
+    if fmt != "onnx":
+        raise ExportError(f"no verification for format {fmt!r}")
+    backend = load_backend("onnxruntime", path)
     found = max_differences(expected, backend(images))
     if found["boxes"] > BOX_ATOL or found["scores"] > SCORE_ATOL:
         raise ExportError(f"verification failed: exported detections differ from eager by {found}")

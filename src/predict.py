@@ -1,6 +1,6 @@
 """Detect objects in images: ``python src/predict.py ckpt_path=<ckpt> input=<image or folder> output_dir=<dir>``.
 
-``runtime=onnxruntime|openvino model=<file.onnx>`` runs a model exported by src/export.py instead
+``runtime=onnxruntime|openvino model_path=<file.onnx>`` runs a model exported by src/export.py instead
 of the checkpoint (class names and the label map come from the model's metadata).
 
 Writes ``<output_dir>/detections.json`` (COCO results with the dataset's category ids, plus
@@ -32,12 +32,12 @@ log = logging.getLogger(__name__)
 
 
 def predict_exported(cfg: DictConfig, loader: DataLoader):
-    """runtime=onnxruntime|openvino: the exported ``cfg.model`` (frcnn.export.runtimes) over the loader."""
+    """runtime=onnxruntime|openvino: the exported ``cfg.model_path`` (frcnn.export.runtimes) over the loader."""
     from frcnn.export.runtimes import load_backend
 
-    if not cfg.get("model"):
-        raise ValueError(f"runtime={cfg.runtime} runs an exported model: pass model=<file.onnx> (src/export.py)")
-    backend = load_backend(cfg.runtime, cfg.model, cfg.get("threads"))
+    if not cfg.get("model_path"):
+        raise ValueError(f"runtime={cfg.runtime} runs an exported model: pass model_path=<file.onnx> (src/export.py)")
+    backend = load_backend(cfg.runtime, cfg.model_path, cfg.get("threads"))
     predictions = []
     for images, metas in loader:
         for detections, meta in zip(backend(images), metas):
@@ -47,7 +47,7 @@ def predict_exported(cfg: DictConfig, loader: DataLoader):
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run the checkpoint's detector (or, with ``runtime=onnxruntime|openvino``, the exported
-    ``model=``) over ``cfg.input``; returns the paths written and the results."""
+    ``model_path=``) over ``cfg.input``; returns the paths written and the results."""
     files = find_images(cfg.input)
     dataset = ImageFiles(files)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate_images)

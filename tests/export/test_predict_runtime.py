@@ -1,4 +1,4 @@
-"""``predict.py runtime=onnxruntime|openvino model=<file.onnx>`` writes the detections that
+"""``predict.py runtime=onnxruntime|openvino model_path=<file.onnx>`` writes the detections that
 ``runtime=torch`` writes from the checkpoint (COCO results, rounded to 0.01 px and 1e-5)."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _predict(tmp_path, image_dir, overrides):
 def test_exported_runtime_writes_the_checkpoints_detections(tmp_path, image_dir, exported, tiny_checkpoint, runtime):
     path, _, _ = exported
     torch_results = _predict(tmp_path / "torch", image_dir, [f"ckpt_path={tiny_checkpoint}", "trainer.accelerator=cpu"])
-    exported_results = _predict(tmp_path / runtime, image_dir, [f"runtime={runtime}", f"model={path}"])
+    exported_results = _predict(tmp_path / runtime, image_dir, [f"runtime={runtime}", f"model_path={path}"])
     assert len(torch_results) > 0 and len(exported_results) == len(torch_results)
     for t, e in zip(torch_results, exported_results):
         assert (t["image_id"], t["category_id"], t["category_name"], t["file_name"]) == (
@@ -37,5 +37,5 @@ def test_exported_runtime_writes_the_checkpoints_detections(tmp_path, image_dir,
 
 
 def test_exported_runtime_needs_a_model(tmp_path, image_dir):
-    with pytest.raises(ValueError, match="runtime=onnxruntime runs an exported model: pass model="):
+    with pytest.raises(ValueError, match="runtime=onnxruntime runs an exported model: pass model_path="):
         _predict(tmp_path, image_dir, ["runtime=onnxruntime"])

@@ -5,7 +5,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser-deps test test-all train lint bench clean
+# Real data: ../shared beside the checkout, or what `make data` fetched into data/shared.
+SHARED_DIR := $(if $(wildcard ../shared/data/raccoon),$(abspath ../shared),$(abspath data/shared))
+export FRCNN_SHARED_DIR ?= $(SHARED_DIR)
+ifeq ($(wildcard ../shared/data/raccoon),)
+export FRCNN_MOBILENET_V2_WEIGHTS ?= $(abspath data/shared/weights/mobilenet_v2-b0353104.pth)
+endif
+
+.PHONY: install browser-deps data test test-all train lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +30,11 @@ browser-deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
 	fi
+
+# The public raccoon, coco128 and ImageNet MobileNetV2 files, checksummed, into data/shared (needs
+# internet; ~300 MB of downloads, kept in data/shared/.downloads for reruns).
+data: $(STAMP)
+	$(PY) -m frcnn.tools.fetch --dest data/shared
 
 test: $(STAMP) browser-deps
 	$(PY) -m pytest -q

@@ -3,6 +3,8 @@
 A video (``input=clip.mp4``) gives ``<output_dir>/clip.jsonl`` (one JSON line per frame) and
 ``<output_dir>/clip_boxes.mp4`` (``frcnn.app.video``). ``min_score``, ``only_classes`` and
 ``ignore_classes`` filter the detections of images and videos alike.
+``runtime=onnxruntime|openvino model_path=<file.onnx>`` runs a model exported by src/export.py instead
+of the checkpoint (class names and the label map come from the model's metadata).
 
 Writes ``<output_dir>/detections.json`` (COCO results with the dataset's category ids, plus
 ``category_name`` and ``file_name``), ``<output_dir>/images.json`` (image id -> file, size) and,
@@ -31,30 +33,46 @@ from frcnn.api.filters import kept_labels, select  # noqa: E402
 from frcnn.app.checkpoint import inference_module  # noqa: E402
 from frcnn.app.draw import draw_detections  # noqa: E402
 from frcnn.app.predict_io import ImageFiles, coco_results, collate_images, find_images, write_json  # noqa: E402
+from frcnn.app.runtime import setup_runtime  # noqa: E402
 from frcnn.app.video import is_video, predict_video  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
+def exported_backend(cfg: DictConfig):
+    """runtime=onnxruntime|openvino: the exported ``cfg.model_path`` (``frcnn.export.runtimes``)."""
+    from frcnn.export.runtimes import load_backend
+
+    if not cfg.get("model_path"):
+        raise ValueError(f"runtime={cfg.runtime} runs an exported model: pass model_path=<file.onnx> (src/export.py)")
+    setup_runtime(cfg)
+    return load_backend(cfg.runtime, cfg.model_path, cfg.get("threads"))
+
+
 def predict(cfg: DictConfig) -> dict[str, Any]:
-    """Run the checkpoint's detector over ``cfg.input``; returns the paths written and the results."""
-    module = inference_module(cfg)
+    """Run the checkpoint's detector (or, with ``runtime=onnxruntime|openvino``, the exported
+    ``model_path=``) over ``cfg.input``; returns the paths written and the results."""
+    exported = cfg.get("runtime", "torch") != "torch"
+    source = exported_backend(cfg) if exported else inference_module(cfg)  # class names, label map
     min_score = cfg.get("min_score") if cfg.get("min_score") is not None else cfg.get("score_threshold")
-    labels = kept_labels(module.class_names, cfg.get("only_classes"), cfg.get("ignore_classes"))
+    labels = kept_labels(source.class_names, cfg.get("only_classes"), cfg.get("ignore_classes"))
     if is_video(cfg.input):
-        detector = Detector(TorchBackend(module.model, module.class_names, default_device()), batch_size=cfg.batch_size)
-        return predict_video(detector, cfg.input, cfg.output_dir, cfg.batch_size, min_score, labels,
-                             cfg.get("draw", True), cfg.draw_score_threshold)
+        backend = source if exported else TorchBackend(source.model, source.class_names, default_device())
+        return predict_video(Detector(backend, batch_size=cfg.batch_size), cfg.input, cfg.output_dir, cfg.batch_size,
+                             min_score, labels, cfg.get("draw", True), cfg.draw_score_threshold)
     files = find_images(cfg.input)
     dataset = ImageFiles(files)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate_images)
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
-    batches = trainer.predict(module, dataloaders=loader)
+    if exported:
+        raw = [{**det, **meta} for images, metas in loader for det, meta in zip(source(images), metas)]
+    else:
+        trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+        raw = [pred for batch in trainer.predict(source, dataloaders=loader) for pred in batch]
     predictions = [{**pred, **select({key: pred[key] for key in ("boxes", "scores", "labels")}, min_score, None, labels)}
-                   for batch in batches for pred in batch]
+                   for pred in raw]
 
     output_dir = Path(cfg.output_dir)
-    results = coco_results(predictions, module.class_names, module.label_to_category_id)
+    results = coco_results(predictions, source.class_names, source.label_to_category_id)
     json_path = write_json(output_dir / "detections.json", results)
     images = []
     for pred in predictions:
@@ -62,7 +80,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         images.append({"id": pred["image_id"], "file_name": pred["file_name"],
                        "height": int(image.shape[1]), "width": int(image.shape[2])})
         if cfg.get("draw", True):
-            drawn = draw_detections(image, None, pred, module.class_names, cfg.draw_score_threshold)
+            drawn = draw_detections(image, None, pred, source.class_names, cfg.draw_score_threshold)
             png = output_dir / "images" / f"{pred['image_id']:06d}_{Path(pred['file_name']).stem}.png"
             png.parent.mkdir(parents=True, exist_ok=True)
             write_png(drawn, str(png))

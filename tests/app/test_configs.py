@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import hydra
 import pytest
 import torch
@@ -129,7 +131,8 @@ def user_files(name: str, folder) -> list[str]:
     return []
 
 
-@pytest.mark.parametrize("name", options("data"))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.shared_data) if n == "coco128" else n
+                                  for n in options("data")])
 def test_data(tmp_path, name, data_dir):
     overrides = user_files(name, tmp_path)
     cfg = compose_config("train", tmp_path, [f"data={name}", f"paths.data_dir={data_dir}", *overrides])
@@ -201,7 +204,8 @@ EXPERIMENTS = {
 }
 
 
-@pytest.mark.parametrize("name", options("experiment"))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.shared_data) if n == "raccoon_mobilenet" else n
+                                  for n in options("experiment")])
 def test_experiment(tmp_path, name):
     # Pretrained ImageNet weights would be downloaded: off here (raccoon's local file stays on).
     weights = [] if name == "raccoon_mobilenet" else ["backbone.weights=null"]
@@ -323,7 +327,11 @@ def test_run_dirs_are_under_outputs():
         cfg = compose("train", return_hydra_config=True)
     root = ROOT.resolve()
     assert cfg.paths.root_dir == str(root) and cfg.paths.log_dir == f"{root}/outputs"
-    assert cfg.paths.shared_dir == f"{root}/../shared" and cfg.paths.data_dir == f"{root}/data"
+    assert cfg.paths.data_dir == f"{root}/data"
+    # ../shared unless FRCNN_SHARED_DIR names another place (tests/conftest.py sets it to the one found)
+    assert cfg.paths.shared_dir == os.environ.get("FRCNN_SHARED_DIR", f"{root}/../shared")
+    paths = OmegaConf.to_container(cfg.paths, resolve=False)
+    assert paths["shared_dir"] == "${oc.env:FRCNN_SHARED_DIR,${paths.root_dir}/../shared}"
     run_dir = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]
     sweep = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
     assert run_dir.startswith("${paths.log_dir}/${task_name}/runs/")

@@ -18,11 +18,21 @@ from omegaconf import OmegaConf
 from frcnn.app.checkpoint import model_config_for_loading, module_from_checkpoint
 from frcnn.app.legacy import RENAMED_TARGETS, migrate
 from frcnn.tools.compose import compose_project_config
-from tests.app.helpers import compose_config, data_overrides, script
+from tests.app.helpers import ROOT, compose_config, data_overrides, script
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_v0"
 CKPT = FIXTURE / "tiny_faster_rcnn.ckpt"
 CONFIGS = json.loads((FIXTURE / "configs.json").read_text())
+WRITTEN_AT = "/work/main"  # the checkout the fixture was written in: its configs' absolute paths start there
+
+
+def _relocated(node):
+    """A stored config with the fixture's checkout path replaced by this one's."""
+    if isinstance(node, dict):
+        return {key: _relocated(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_relocated(value) for value in node]
+    return node.replace(WRITTEN_AT, str(ROOT)) if isinstance(node, str) and node.startswith(WRITTEN_AT) else node
 
 
 def _targets(node) -> set[str]:
@@ -55,7 +65,8 @@ def test_migration_gives_todays_config(name):
     overrides = list(stored["overrides"])
     for old, new in RENAMED_TARGETS.items():  # a command line that named an old class names the new one
         overrides = [o.replace(f"={old}", f"={new}") for o in overrides]
-    cfg = compose_project_config([*overrides, "backbone.weights=null", "backbone.weights_path=null"])
+    cfg = compose_project_config([*overrides, "backbone.weights=null", "backbone.weights_path=null",
+                                  f"paths.shared_dir={ROOT}/../shared"])  # as the fixture's were
     today = OmegaConf.to_container(cfg.model, resolve=True)
     migrated = migrate(stored["model_config"])
     # written out in today's configs; the constructors' defaults (the same values) before
@@ -64,7 +75,7 @@ def test_migration_gives_todays_config(name):
         migrated["roi_heads"]["pooler"].setdefault("aligned", True)
     assert migrated == today
     assert migrate(today) == today
-    assert migrate(stored["data_config"]) == OmegaConf.to_container(cfg.data, resolve=True)
+    assert migrate(_relocated(stored["data_config"])) == OmegaConf.to_container(cfg.data, resolve=True)
 
 
 def test_old_checkpoint_predicts_what_it_predicted(tmp_path):

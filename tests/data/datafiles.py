@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
 from tests.shared_data import COCO128, RACCOON, SHARED  # noqa: F401  (re-exported for the data tests)
 
 PROJECT = Path(__file__).resolve().parents[2]

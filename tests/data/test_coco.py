@@ -20,6 +20,7 @@ def coco128():
     return source, records, problems
 
 
+@pytest.mark.shared_data
 def test_coco128_counts(coco128):
     source, records, problems = coco128
     assert problems == []
@@ -31,6 +32,7 @@ def test_coco128_counts(coco128):
     assert source.category_ids[0] == 1 and source.category_ids[-1] == 90 and len(set(source.category_ids)) == 80
 
 
+@pytest.mark.shared_data
 def test_coco128_label_map_round_trips_to_coco_ids(coco128):
     source, records, _ = coco128
     datamodule = DetectionDataModule(train=source, val=source, num_classes=80, num_workers=0)
@@ -49,6 +51,7 @@ def test_coco128_label_map_round_trips_to_coco_ids(coco128):
         assert got == expected, record.path
 
 
+@pytest.mark.shared_data
 def test_coco128_samples_are_rgb_with_coco_image_ids(coco128):
     _, records, _ = coco128
     dataset = DetectionDataset(records[:6])

@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-from datafiles import PROJECT, write_coco, write_voc
+from datafiles import write_coco, write_voc
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from frcnn.data import CocoSource, ConcatSource, DataError, DetectionDataModule, VocSource, load_split
 from frcnn.data.check import run_check
+from frcnn.tools.compose import compose_project_config
 
 VOC07 = {"a": [("dog", 1, 1, 10, 20)], "b": [("cat", 5, 6, 30, 40)]}
 VOC12 = {"x": [("cat", 2, 2, 8, 8)], "y": [], "z": [("dog", 3, 3, 9, 9, 1)]}  # z's dog is difficult
@@ -61,9 +61,7 @@ def test_voc0712_config(tmp_path):
     write_voc(devkit / "VOC2007", VOC07, split="trainval")
     write_voc(devkit / "VOC2007", {"t": [("horse", 1, 1, 10, 10)]}, split="test")
     write_voc(devkit / "VOC2012", VOC12, split="trainval")
-    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)},
-                            "data": OmegaConf.load(PROJECT / "conf" / "data" / "voc0712.yaml")})
-    OmegaConf.update(cfg, "data.num_workers", 0)
+    cfg = compose_project_config(["~experiment", "data=voc0712", f"paths.data_dir={tmp_path}", "data.num_workers=0"])
     datamodule = instantiate(cfg.data, _convert_="all")
     assert isinstance(datamodule.sources["train"], ConcatSource) and datamodule.num_classes == 20
     datamodule.setup("fit")

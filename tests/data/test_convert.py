@@ -33,6 +33,7 @@ def test_coco_round_trip_is_the_same_json(tmp_path):
                                       for a in original["annotations"]]
 
 
+@pytest.mark.shared_data
 def test_coco128_round_trip(tmp_path):
     """The real COCO JSON: everything a record carries comes back as written (segmentations, mask
     areas and annotation ids are not carried: docs of frcnn.data.coco_export)."""

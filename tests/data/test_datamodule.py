@@ -39,7 +39,7 @@ def data_config(name, data_dir, **overrides):
 @pytest.mark.parametrize("name, num_classes, first, label_to_id", [
     ("shapes", 3, "circle", {1: 1, 2: 2, 3: 3}),
     ("raccoon", 1, "raccoon", {1: 1}),
-    ("coco128", 80, "person", {1: 1, 80: 90}),
+    pytest.param("coco128", 80, "person", {1: 1, 80: 90}, marks=pytest.mark.shared_data),
     ("voc", 20, "aeroplane", {1: 1, 20: 20}),
 ])
 def test_every_data_config_builds_with_class_names_before_setup(tmp_path, name, num_classes, first, label_to_id):
@@ -122,6 +122,7 @@ def test_checkpoint_state_holds_the_class_names(tmp_path):
         datamodule.load_state_dict({"class_names": ["dog"]})
 
 
+@pytest.mark.shared_data
 def test_data_check_cli_composes_the_project_config(tmp_path, capsys):
     conf = tmp_path / "conf"
     (conf / "paths").mkdir(parents=True)

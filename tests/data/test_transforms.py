@@ -76,6 +76,7 @@ def test_a_box_that_leaves_the_image_takes_its_label_with_it():
     np.testing.assert_array_equal(sample.ignore_labels, [5])
 
 
+@pytest.mark.shared_data
 def test_training_pipeline_on_coco128_keeps_boxes_valid_inside_and_aligned():
     records, _ = load_split(CocoSource(COCO128 / "images", COCO128 / "annotations" / "instances.json"), "header")
     records = records[:24]

@@ -17,6 +17,7 @@ def raccoon():
     return {split: load_split(VocSource(RACCOON, split, classes=["raccoon"]), "header") for split in ("train", "val")}
 
 
+@pytest.mark.shared_data
 def test_raccoon_counts_and_boxes_match_the_xml(raccoon):
     (train, train_problems), (val, val_problems) = raccoon["train"], raccoon["val"]
     assert (len(train), len(val)) == (160, 40)
@@ -32,6 +33,7 @@ def test_raccoon_counts_and_boxes_match_the_xml(raccoon):
         assert (record.width, record.height) == (int(xml.findtext("size/width")), int(xml.findtext("size/height")))
 
 
+@pytest.mark.shared_data
 def test_raccoon_grayscale_images_come_out_rgb(raccoon):
     records = raccoon["train"][0] + raccoon["val"][0]
     gray = [i for i, r in enumerate(records) if Image.open(r.path).mode == "L"]
@@ -47,6 +49,7 @@ def test_raccoon_grayscale_images_come_out_rgb(raccoon):
         torch.testing.assert_close(target["boxes"], torch.from_numpy(record.boxes))
 
 
+@pytest.mark.shared_data
 def test_raccoon_datamodule_delivers_the_contract(raccoon):
     datamodule = DetectionDataModule(
         train=VocSource(RACCOON, "train", classes=["raccoon"]), val=VocSource(RACCOON, "val", classes=["raccoon"]),

@@ -5,19 +5,17 @@ import copy
 import io
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from tests.shared_data import COCO128
 
 from frcnn.evaluation import COCOEvaluator, available_backends
 
-COCO128_JSON = (
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "coco128" / "annotations" / "instances.json"
-)
+COCO128_JSON = COCO128 / "annotations" / "instances.json"
 
 # The order of COCOeval's `stats` (its 12 summary lines).
 STATS_KEYS = [
@@ -278,6 +276,7 @@ def _as_float32(bboxes: list[list[float]]) -> list[list[float]]:
     return torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], dim=1).tolist()
 
 
+@pytest.mark.shared_data
 def test_coco128_equals_cocoeval():
     dataset, detections = _coco128_with_detections()
     category_ids = sorted(c["id"] for c in dataset["categories"])

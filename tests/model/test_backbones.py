@@ -4,7 +4,6 @@ frozen BatchNorm. Nothing here downloads: torchvision weights are replaced by lo
 from __future__ import annotations
 
 import re
-
 import warnings
 from pathlib import Path
 
@@ -103,6 +102,7 @@ def shared_mobilenet_v2() -> dict[str, torch.Tensor]:
     return torch.load(SHARED_MOBILENET_V2, map_location="cpu", weights_only=True)
 
 
+@pytest.mark.shared_data
 @pytest.mark.parametrize(("name", "last_block"), [("mobilenet_v2", 13), ("mobilenet_v2_full", 18)])
 def test_shared_mobilenet_v2_weights_load_into_the_frozen_backbone(shared_mobilenet_v2, name, last_block):
     backbone = build_backbone(name, weights_path=SHARED_MOBILENET_V2)
@@ -129,6 +129,7 @@ def test_shared_mobilenet_v2_weights_load_into_the_frozen_backbone(shared_mobile
     assert all(p.requires_grad for n, p in backbone.named_parameters() if n.split(".")[1] not in early)
 
 
+@pytest.mark.shared_data
 def test_frozen_bn_computes_what_the_loaded_bn_computes(shared_mobilenet_v2):
     frozen = build_backbone("mobilenet_v2", weights_path=SHARED_MOBILENET_V2, frozen_bn=True).eval()
     plain = build_backbone("mobilenet_v2", weights_path=SHARED_MOBILENET_V2, frozen_bn=False).eval()
@@ -147,6 +148,7 @@ def test_weights_file_in_a_checkpoint_with_module_prefix(tmp_path):
         assert_close(loaded.body.state_dict()[key], value, rtol=0, atol=0)
 
 
+@pytest.mark.shared_data
 def test_mismatched_weights_file_names_the_file_and_the_keys(tmp_path, shared_mobilenet_v2):
     with pytest.raises(ValueError, match=re.escape(SHARED_MOBILENET_V2.name) + r"[\s\S]*missing keys"):
         build_backbone("mobilenet_v3_large", weights_path=SHARED_MOBILENET_V2)

@@ -14,11 +14,12 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from frcnn.serving import ServeSettings, create_app
-from tests.app.helpers import ROOT
 from tests.serving.browser import MISSING, chromium
 from tests.serving.live import LiveServer
+from tests.shared_data import RACCOON
 
-PHOTO = ROOT.parent / "shared" / "data" / "raccoon" / "JPEGImages" / "raccoon-1.jpg"  # a real photo
+PHOTO = RACCOON / "JPEGImages" / "raccoon-1.jpg"  # a real photo
+pytestmark = pytest.mark.shared_data
 
 
 def api_json(port: int, data: bytes) -> dict:

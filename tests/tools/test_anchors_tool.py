@@ -42,6 +42,7 @@ def test_coverage_table_bins():
     assert resized_size(300, 1200, 600, 1000) == (250, 1000)
 
 
+@pytest.mark.shared_data
 def test_cli_on_coco128(capsys):
     assert main(["data=coco128", "~experiment", "backbone=tiny", "data.check_images=off"]) == 0
     out = capsys.readouterr().out

@@ -14,8 +14,8 @@ import pytest
 
 from frcnn.data import VocSource, load_split
 from frcnn.tools.fetch import CHUNK, MANIFEST, FetchError, download, main, mirrored
+from tests.shared_data import SHARED  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 COMMIT = json.loads(MANIFEST.read_text())["raccoon"]["commit"]
 
 
@@ -155,7 +155,7 @@ def test_a_file_that_differs_fails_the_set_and_leaves_nothing(tmp_path, capsys):
     assert list((dest / "data").iterdir()) == []  # no raccoon/, no half-built folder
 
 
-@pytest.mark.skipif(not (SHARED / "data" / "raccoon").is_dir(), reason="needs ../shared (make data)")
+@pytest.mark.shared_data
 def test_the_real_manifest_rebuilds_shared_from_a_mirror_of_the_public_files(tmp_path):
     """A mirror laid out like the public hosts, filled from ../shared: the real recipes and content
     checksums reproduce ../shared byte for byte. Only the two download checksums that cover bytes

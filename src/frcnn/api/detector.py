@@ -68,7 +68,7 @@ class Detector:
         except ImportError as error:
             raise ImportError(f"runtime={runtime!r} needs frcnn.export.runtimes (the exported-model runtimes), "
                               f"which this installation lacks ({error}); runtime='torch' runs a checkpoint") from error
-        return cls(runtimes.load_backend(path, runtime=runtime, **options), batch_size=batch_size)
+        return cls(runtimes.load_backend(runtime, path, options.get("threads")), batch_size=batch_size)
 
     # --- prediction ---------------------------------------------------------------------------
 

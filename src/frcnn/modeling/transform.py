@@ -32,6 +32,17 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
     return int(math.floor(height * scale)), int(math.floor(width * scale))
 
 
+def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
+    """(3, h, w) -> (3, h', w') by ``resize_scale`` (bilinear, sizes as ``resized_size``); the image
+    itself when the scale is 1."""
+    scale = resize_scale(image.shape[-2], image.shape[-1], min_size, max_size)
+    if scale == 1.0:
+        return image
+    return F.interpolate(
+        image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
+    )[0]
+
+
 @dataclass
 class ImageBatch:
     """A batch as the backbone sees it.
@@ -110,13 +121,8 @@ class InputTransform(nn.Module):
         return self.min_size[-1]
 
     def resize(self, image: Tensor, target_min: int) -> Tensor:
-        """(3, h, w) -> (3, h', w') by ``resize_scale`` (bilinear); unchanged when the scale is 1."""
-        scale = resize_scale(image.shape[-2], image.shape[-1], target_min, self.max_size)
-        if scale == 1.0:
-            return image
-        return F.interpolate(
-            image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
-        )[0]
+        """(3, h, w) -> (3, h', w'): ``resize_image`` to this transform's sizes."""
+        return resize_image(image, target_min, self.max_size)
 
     def forward(self, images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]] | None = None) -> ImageBatch:
         """images (3, h_i, w_i) float in [0, 1] (uint8 is accepted and scaled) -> ``ImageBatch``."""

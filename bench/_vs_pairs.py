@@ -99,7 +99,7 @@ def calibrate(ours: FasterRCNN, image_size: int, seed: int = 0) -> None:
     layer has unit-scale outputs, as pretrained ones roughly would. Done before the twin is built,
     so both models get the same statistics."""
     images = torch.stack([synthetic_image(image_size, seed + i)[0] for i in range(4)])
-    batch = ours.transform(list(images)).tensor
+    batch = ours.transform(list(images)).take_tensor()
     c5 = getattr(ours.roi_heads.box_head, "c5", None)
 
     def forward(module: nn.Module, x: torch.Tensor) -> None:

@@ -114,7 +114,7 @@ class FasterRCNN(nn.Module):
         if targets is not None:
             validate_targets(targets, [tuple(image.shape[-2:]) for image in images], self.num_classes)
         batch = self.transform(images, targets)  # resized, normalised, padded; targets resized
-        features = self.backbone(batch.tensor)
+        features = self.backbone(batch.take_tensor())  # the padded input is freed once used
         rpn = self.rpn(features, batch.image_sizes, batch.padded_size, batch.targets)
         rcnn = self.roi_heads(
             features, rpn.proposals.boxes, batch.image_sizes, self.strides, batch.targets, return_detections

@@ -53,7 +53,7 @@ class RPNDetector(nn.Module):
         if targets is not None:
             validate_targets(targets, [tuple(image.shape[-2:]) for image in images], self.num_classes)
         batch = self.transform(images, targets)
-        features = self.backbone(batch.tensor)
+        features = self.backbone(batch.take_tensor())  # the padded input is freed once used
         rpn = self.rpn(features, batch.image_sizes, batch.padded_size, batch.targets)
         proposals = batch.to_original(rpn.proposals.boxes)
         detections = None

@@ -47,19 +47,24 @@ def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
 class ImageBatch:
     """A batch as the backbone sees it.
 
-    tensor: (N, 3, H, W) normalised, zero-padded to a multiple of the stride;
+    tensor: (N, 3, H, W) normalised, zero-padded to a multiple of the stride (None once taken);
     image_sizes: (h'_i, w'_i) of each resized image inside it; original_sizes: (h_i, w_i) given;
-    targets: the targets with boxes in resized pixels (None without targets).
+    padded_size: (H, W); targets: the targets with boxes in resized pixels (None without targets).
     """
 
-    tensor: Tensor
+    tensor: Tensor | None
     image_sizes: list[tuple[int, int]]
     original_sizes: list[tuple[int, int]]
+    padded_size: tuple[int, int]
     targets: list[dict[str, Tensor]] | None = None
 
-    @property
-    def padded_size(self) -> tuple[int, int]:
-        return int(self.tensor.shape[-2]), int(self.tensor.shape[-1])
+    def take_tensor(self) -> Tensor:
+        """The padded tensor, handed over: the batch keeps only its sizes and targets, so the input
+        (N * 3 * H * W floats) is freed once the backbone is done with it, not at the end of the forward."""
+        tensor, self.tensor = self.tensor, None
+        if tensor is None:
+            raise RuntimeError("the batch's tensor was already taken")
+        return tensor
 
     def to_original(self, boxes_per_image: Sequence[Tensor]) -> list[Tensor]:
         """Per image boxes (D_i, 4) in resized pixels -> (D_i, 4) in the original image's pixels."""
@@ -153,4 +158,4 @@ class InputTransform(nn.Module):
         for i, image in enumerate(resized):
             batch[i, :, : image.shape[-2], : image.shape[-1]] = image
         original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
-        return ImageBatch(batch, sizes, original_sizes, out_targets if targets is not None else None)
+        return ImageBatch(batch, sizes, original_sizes, (H, W), out_targets if targets is not None else None)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from frcnn.data.batching import GroupedBatchSampler, orientation_groups
 from frcnn.data.dataset import DetectionDataset, collate_detection
 from frcnn.data.records import DataError, ImageRecord, Problem, Source
+from frcnn.data.repeat_factor import repeat_factor_batches
 from frcnn.data.transforms import Augmentation
 from frcnn.data.validate import CHECK_MODES, counted_warnings, raise_for_problems, validate_records
 
@@ -58,6 +59,9 @@ class DetectionDataModule(L.LightningDataModule):
         check_images: "full", "header" or "off": how hard setup checks the image files.
         dataset_yaml: YOLO's dataset YAML (or folder) that the split sources of ``conf/data/yolo.yaml``
             interpolate, so that one override names it; kept for the data check's report.
+        repeat_factor_threshold: t of LVIS's repeat-factor sampling of the training images
+            (``frcnn.data.repeat_factor``; e.g. 0.1); None: every image once per epoch.
+        sampler_seed: seed of the repeat-factor draw (the same on every DDP rank).
     """
 
     def __init__(
@@ -77,6 +81,8 @@ class DetectionDataModule(L.LightningDataModule):
         aspect_ratio_grouping: bool = True,
         check_images: str = "header",
         dataset_yaml: str | None = None,
+        repeat_factor_threshold: float | None = None,
+        sampler_seed: int = 0,
     ) -> None:
         super().__init__()
         test = test if test is not None else val
@@ -94,6 +100,8 @@ class DetectionDataModule(L.LightningDataModule):
             raise ValueError(f"check_images must be one of {CHECK_MODES}, got {check_images!r}")
         self.check_images = check_images
         self.dataset_yaml = dataset_yaml
+        self.repeat_factor_threshold = repeat_factor_threshold
+        self.sampler_seed = sampler_seed
 
         self.class_names: list[str] = list(train.class_names)
         self.label_to_category_id: dict[int, int] = {
@@ -162,11 +170,13 @@ class DetectionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._dataset("train")
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            sampler = DistributedSampler(dataset, shuffle=True)
-        else:
-            sampler = RandomSampler(dataset)
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         groups = orientation_groups(dataset.aspect_ratios) if self.aspect_ratio_grouping else [0] * len(dataset)
+        if self.repeat_factor_threshold is not None:  # class-balanced: the sampler only names the rank
+            batch_sampler = repeat_factor_batches(dataset, groups, self.repeat_factor_threshold, self.batch_size,
+                                                  self.sampler_seed, distributed)
+            return DataLoader(dataset, batch_sampler=batch_sampler, **self._loader_options())
+        sampler = DistributedSampler(dataset, shuffle=True) if distributed else RandomSampler(dataset)
         batch_sampler = GroupedBatchSampler(sampler, groups, self.batch_size, drop_last=False)
         return DataLoader(dataset, batch_sampler=batch_sampler, **self._loader_options())
 

@@ -1,0 +1,116 @@
+"""The tables of bench/recipes.py: per suite and recipe, mean ± standard deviation over the seeds
+(with the range), the difference to the plain run, the rare class's AP, the anchor coverage, and
+test-time augmentation's variants with their cost per image."""
+
+from __future__ import annotations
+
+import datetime
+import statistics
+from collections import defaultdict
+
+from _common import machine
+from _recipes_suites import RARE, SUITES, TTA
+
+SECTION = "## Recipes"
+
+
+def spread(values: list[float], digits: int = 4) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.{digits}f} ± {sd:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def grouped(rows: list[dict]) -> dict[str, dict[str, list[dict]]]:
+    """suite -> recipe -> the runs (one per seed), in bench/_recipes_suites.py's order."""
+    out: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    order = {key: i for i, key in enumerate((suite, recipe) for suite, recipes in SUITES.items() for recipe in recipes)}
+    for row in sorted(rows, key=lambda r: (order.get((r["suite"], r["recipe"]), 1e9), r["seed"])):
+        out[row["suite"]][row["recipe"]].append(row)
+    return out
+
+
+def recipe_table(recipes: dict[str, list[dict]], extra: dict[str, callable] | None = None) -> list[str]:
+    extra = extra or {}
+    plain = [r["eval"]["none"]["voc_map_50"] for r in recipes.get("plain", [])]
+    head = "| recipe | seeds | steps | train CPU s | mAP@0.5 VOC | Δ vs plain | COCO map | COCO map_50 |"
+    lines = [head + "".join(f" {name} |" for name in extra),
+             "| --- | ---: | ---: | ---: | --- | ---: | --- | --- |" + " --- |" * len(extra)]
+    for name, runs in recipes.items():
+        voc = [r["eval"]["none"]["voc_map_50"] for r in runs]
+        cells = [name, str(len(runs)), f"{mean([r['steps'] for r in runs]):.0f}",
+                 f"{mean([r['train_cpu_s'] for r in runs]):.0f}", spread(voc),
+                 f"{mean(voc) - mean(plain):+.4f}" if plain and name != "plain" else "",
+                 spread([r["eval"]["none"]["map"] for r in runs]), spread([r["eval"]["none"]["map_50"] for r in runs])]
+        cells += [fn(runs) for fn in extra.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def tta_table(runs: list[dict]) -> list[str]:
+    lines = ["| TTA variant | mAP@0.5 VOC | Δ vs none | COCO map | Δ vs none | CPU s / image (wall) |",
+             "| --- | --- | ---: | --- | ---: | --- |"]
+    base_voc = [r["eval"]["none"]["voc_map_50"] for r in runs]
+    base_map = [r["eval"]["none"]["map"] for r in runs]
+    for variant in TTA:
+        have = [r for r in runs if variant in r["eval"]]
+        if not have:
+            continue
+        voc = [r["eval"][variant]["voc_map_50"] for r in have]
+        coco = [r["eval"][variant]["map"] for r in have]
+        wall = mean([r["eval"][variant]["s_per_image"] for r in have])
+        cpu = mean([r["eval"][variant]["cpu_s_per_image"] for r in have])
+        lines.append(f"| {variant} | {spread(voc)} | {mean(voc) - mean(base_voc):+.4f} | {spread(coco)} | "
+                     f"{mean(coco) - mean(base_map):+.4f} | {cpu:.2f} ({wall:.2f}) |")
+    return lines
+
+
+def rare_ap(runs: list[dict]) -> str:
+    return spread([r["eval"]["none"][f"ap/{RARE}"] for r in runs]) + " / " + spread(
+        [r["eval"]["none"][f"ap50/{RARE}"] for r in runs], 3)
+
+
+def coverage(runs: list[dict]) -> str:
+    fits = [r["anchor_fit"] for r in runs if r.get("anchor_fit")]
+    if not fits:
+        return "-"
+    fit = fits[0]
+    return (f"{100 * fit['coverage_before']:.1f} % -> {100 * fit['coverage_after']:.1f} % of {fit['boxes']} boxes; "
+            f"{fit['sizes']} x {fit['aspect_ratios']}")
+
+
+def report(rows: list[dict], command: str, date: datetime.date) -> tuple[str, str]:
+    groups = grouped(rows)
+    loads = [v for r in rows for v in (r["load_start"], r["load_end"])]
+    threads = sorted({r["threads"] for r in rows})
+    lines = [SECTION, "", f"{date:%Y-%m-%d}, `{command}` (the runs: bench/README.md's commands below), "
+             f"{machine_line(threads)}; load average {min(loads, default=0):.1f}-{max(loads, default=0):.1f} "
+             "while the runs ran (others' jobs shared the 2 cores; the budget counts CPU time, not wall time).", ""]
+    titles = {"raccoon": "Raccoon (mAP@0.5 VOC area on the 40 val images)",
+              "longtail": f"Long-tail shapes (`{RARE}` 20x rarer in training; rare class AP@[.5:.95] / AP@0.5)",
+              "small": "Small shapes (anchor coverage at IoU >= the RPN's 0.5)"}
+    extras = {"longtail": {f"{RARE} AP / AP50": rare_ap}, "small": {"anchor coverage: default -> fitted": coverage},
+              "raccoon": {"anchors": coverage}}
+    for suite, recipes in groups.items():
+        budgets = sorted({r["budget_s"] for runs in recipes.values() for r in runs})
+        lines += [f"### {titles.get(suite, suite)}", "", f"Budget {', '.join(f'{b:g}' for b in budgets)} CPU s of "
+                  "training steps per run; mean ± standard deviation over the seeds (min-max).", ""]
+        lines += recipe_table(recipes, extras.get(suite))
+        for name, runs in recipes.items():
+            if any(len(r["eval"]) > 2 for r in runs):
+                lines += ["", f"Test-time augmentation on the `{name}` models (scales {TTA['scales_nms']['scales']}):",
+                          "", *tta_table(runs)]
+        lines.append("")
+    return SECTION, "\n".join(lines)
+
+
+def machine_line(threads: list[int]) -> str:
+    import torch
+
+    torch.set_num_threads(threads[0] if threads else 1)
+    return machine(torch.device("cpu"))

@@ -12,14 +12,13 @@ Images of one size go to the model as one batch; other sizes run as batches of t
 graph's N, H, W are dynamic, but one call holds one size). Wrong input is refused here, before a
 runtime sees it, with a message naming the image and the problem.
 
-``pre_resize`` (OpenVINO's default): the runner resizes each image with the model's own
-``InputTransform.resize`` before the call and maps the boxes back after it, so the graph's resize
-is the identity. Why: the graph computes the resized size and sampling positions in double, as the
-eager model does; OpenVINO's CPU plugin runs double as float32, which makes 5 % of input sizes one
-pixel shorter or longer than the eager model's. At the target size the graph's scale is exactly 1
-in any precision. Where the eager size of an image is one pixel short of the target (its double
-product falls below the integer; about 3 % of sizes), the eager model itself would resize the
-resized image again, so there the original goes in and OpenVINO's size may differ by a pixel.
+``pre_resize`` (OpenVINO's default): the runner resizes each image with the model's own resize
+(``frcnn.modeling.transform.resize_image``) before the call and maps the boxes back after it, so the
+graph's resize is the identity. Why: the resized size is integer arithmetic, exact in any runtime,
+but the bilinear sampling positions are computed in double to reproduce PyTorch's fused
+multiply-add, and OpenVINO's CPU plugin runs double as float32 (a sample one float32 step off moves
+scores by ~1e-5). At the resized size the graph's sizes come out unchanged (the integer rule is
+idempotent), its taps are the identity, and no double arithmetic matters.
 """
 
 from __future__ import annotations

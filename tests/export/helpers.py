@@ -12,6 +12,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from frcnn.export.verify import match_by_position
 from frcnn.modeling import FasterRCNN
 from frcnn.modeling.anchors import AnchorGenerator
 from frcnn.modeling.backbone import FPNBackbone
@@ -69,25 +70,6 @@ def parity_images() -> dict[str, list[Tensor]]:
         "batch_of_3": [scene(150, 170, 5), scene(150, 170, 6), scene(150, 170, 7)],
         "no_detection": [blank(130, 160)],
     }
-
-
-def match_by_position(expected: dict[str, Tensor], actual: dict[str, Tensor]) -> Tensor:
-    """-> (D,) index into ``actual`` of the detection paired with each expected one (-1: none): the
-    nearest unpaired detection of the same label, if it lies within BOX_ATOL px on every coordinate.
-    By position, not by rank: float rounding may swap two near-tied scores."""
-    D = expected["boxes"].shape[0]
-    pairs = torch.full((D,), -1, dtype=torch.int64)
-    if D == 0 or actual["boxes"].shape[0] == 0:
-        return pairs
-    distance = (expected["boxes"][:, None].double() - actual["boxes"][None].double()).abs().amax(-1)  # (D, D')
-    distance[expected["labels"][:, None] != actual["labels"][None]] = float("inf")
-    taken = torch.zeros(actual["boxes"].shape[0], dtype=torch.bool)
-    for i in range(D):  # best-scored first
-        row = distance[i].masked_fill(taken, float("inf"))
-        j = int(row.argmin())
-        if row[j] <= BOX_ATOL:
-            pairs[i], taken[j] = j, True
-    return pairs
 
 
 def assert_same_detections(expected: list[dict[str, Tensor]], actual: list[dict[str, Tensor]], where: str = "") -> None:

@@ -51,7 +51,8 @@ MODELS = {
     "raccoon_480": (["experiment=raccoon_mobilenet", "model.transform.min_size=480", "model.transform.max_size=800"], (480, 640)),
     "raccoon_800": (["experiment=raccoon_mobilenet", "model.transform.min_size=800", "model.transform.max_size=1333"], (800, 1066)),
     "resnet50_c4": (["~experiment", "backbone=resnet50", "backbone.weights=null", "data=voc",
-                     "model.roi_heads.box_head._target_=frcnn.modeling.roi_heads.ResNetC5Head", "model.roi_heads.pooler.output_size=14"],
+                     "model.roi_heads.box_head._target_=frcnn.modeling.roi_heads.ResNetC5Head", "~model.roi_heads.box_head.hidden_dim",
+                     "model.roi_heads.pooler.output_size=14"],
                     (600, 800)),
     "resnet50_fpn": (["~experiment", "model=faster_rcnn_fpn", "backbone=resnet50_fpn", "backbone.weights=null", "data=voc",
                       "model.transform.min_size=600", "model.transform.max_size=1000"], (600, 800)),
@@ -145,7 +146,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
-        results = [bench_model(name, args.rounds, args.threads, Path(folder), args.pt2) for name in args.models]
+        results = []
+        for name in args.models:
+            results.append(bench_model(name, args.rounds, args.threads, Path(folder), args.pt2))
+            print(table(results[-1]), flush=True)
     command = (f"python bench/export.py --models {' '.join(args.models)} --rounds {args.rounds} --threads {args.threads}"
                + (" --pt2" if args.pt2 else ""))
     text = "\n\n".join(

@@ -32,9 +32,12 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 from _finetune_common import budget_lr_factor  # noqa: E402
+from _recipes_probe import EMAProbe, probe_models  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
+
+from frcnn.app.callbacks.ema import EMA  # noqa: E402
 
 
 class CPUBudget(Callback):
@@ -108,7 +111,16 @@ def main() -> None:
     train_module = __import__("train")  # src/train.py
     budget = CPUBudget(spec["budget_s"])
     original = train_module.instantiate_callbacks
-    train_module.instantiate_callbacks = lambda config: [*original(config), budget]  # measured last
+    probes: list[EMAProbe] = []
+
+    def callbacks(config):
+        configured = [*original(config), budget]  # the budget's clock runs around every configured callback
+        ema = next((c for c in configured if type(c) is EMA), None)
+        if ema is not None:  # paired probes of the same trajectory, after the clock (bench/_recipes_probe.py)
+            probes.append(EMAProbe(ema.warmup_steps))
+        return configured + probes
+
+    train_module.instantiate_callbacks = callbacks
     started = time.process_time()
     _, objects = train_module.train(cfg)
     total_cpu = time.process_time() - started
@@ -116,10 +128,14 @@ def main() -> None:
 
     from frcnn.layers.inference_rewrite import optimize_for_inference
 
+    probed = probe_models(module, probes[0]) if probes else {}  # before the module's model is folded
     model = module.model.cpu().eval()
     optimize_for_inference(model)  # as eval.py does
     loader = datamodule.val_dataloader()
     results = {name: evaluate(model, loader, datamodule.class_names, tta) for name, tta in spec["tta"].items()}
+    for name, probe_model in probed.items():
+        optimize_for_inference(probe_model.cpu().eval())
+        results[f"ema_probe/{name}"] = evaluate(probe_model, loader, datamodule.class_names, None)
     transform = model.transform
     print("RESULT " + json.dumps({
         "steps": budget.steps, "images": budget.images, "train_cpu_s": budget.spent, "train_wall_s": budget.wall,

@@ -23,6 +23,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from frcnn.modeling.transform import resized_size
+
 
 @runtime_checkable
 class Backend(Protocol):
@@ -83,8 +85,7 @@ class TorchBackend:
         transform = self.model.transform
         key = []
         for min_size in getattr(self.model, "scales", (transform.test_min_size,)):  # test-time augmentation: each
-            scale = min(min_size / min(height, width), transform.max_size / max(height, width))
-            h, w = (height, width) if scale == 1.0 else (math.floor(height * scale), math.floor(width * scale))
+            h, w = resized_size(height, width, min_size, transform.max_size)  # the model's rule, exact
             d = transform.size_divisible
             key.append((math.ceil(h / d) * d, math.ceil(w / d) * d))
         return key[0] if len(key) == 1 else tuple(key)

@@ -70,6 +70,23 @@ def tta_table(runs: list[dict]) -> list[str]:
     return lines
 
 
+PROBES = {"ema_probe/decay 0": "raw weights (decay 0)", "ema_probe/decay 0.9": "EMA decay 0.9",
+          "ema_probe/decay 0.98": "EMA decay 0.98", "none": "EMA as configured (the checkpoint's)"}
+
+
+def probe_table(runs: list[dict]) -> list[str]:
+    runs = [r for r in runs if "ema_probe/decay 0" in r["eval"]]
+    lines = ["| weights | seeds | mAP@0.5 VOC | Δ vs raw (paired) | COCO map | Δ vs raw (paired) |",
+             "| --- | ---: | --- | ---: | --- | ---: |"]
+    for key, title in PROBES.items():
+        voc = [r["eval"][key]["voc_map_50"] for r in runs]
+        coco = [r["eval"][key]["map"] for r in runs]
+        dvoc = [r["eval"][key]["voc_map_50"] - r["eval"]["ema_probe/decay 0"]["voc_map_50"] for r in runs]
+        dmap = [r["eval"][key]["map"] - r["eval"]["ema_probe/decay 0"]["map"] for r in runs]
+        lines.append(f"| {title} | {len(runs)} | {spread(voc)} | {mean(dvoc):+.4f} | {spread(coco)} | {mean(dmap):+.4f} |")
+    return lines
+
+
 def rare_ap(runs: list[dict]) -> str:
     return spread([r["eval"]["none"][f"ap/{RARE}"] for r in runs]) + " / " + spread(
         [r["eval"]["none"][f"ap50/{RARE}"] for r in runs], 3)
@@ -96,17 +113,28 @@ def report(rows: list[dict], command: str, date: datetime.date) -> tuple[str, st
               "small": "Small shapes (anchor coverage at IoU >= the RPN's 0.5)"}
     extras = {"longtail": {f"{RARE} AP / AP50": rare_ap}, "small": {"anchor coverage: default -> fitted": coverage},
               "raccoon": {"anchors": coverage}}
-    for suite, recipes in groups.items():
-        budgets = sorted({r["budget_s"] for runs in recipes.values() for r in runs})
-        lines += [f"### {titles.get(suite, suite)}", "", f"Budget {', '.join(f'{b:g}' for b in budgets)} CPU s of "
-                  "training steps per run; mean ± standard deviation over the seeds (min-max).", ""]
-        lines += recipe_table(recipes, extras.get(suite))
-        for name, runs in recipes.items():
-            if any(len(r["eval"]) > 2 for r in runs):
-                lines += ["", f"Test-time augmentation on the `{name}` models (scales {TTA['scales_nms']['scales']}):",
-                          "", *tta_table(runs)]
-        lines.append("")
+    for suite, all_recipes in groups.items():
+        for budget in sorted({r["budget_s"] for runs in all_recipes.values() for r in runs}):
+            recipes = {name: [r for r in runs if r["budget_s"] == budget] for name, runs in all_recipes.items()}
+            lines += [f"### {titles.get(suite, suite)}, {budget:g} CPU s", "",
+                      f"Budget {budget:g} CPU s of training steps per run; mean ± standard deviation over the "
+                      "seeds (min-max).", ""]
+            lines += budget_tables({name: runs for name, runs in recipes.items() if runs}, extras.get(suite))
     return SECTION, "\n".join(lines)
+
+
+def budget_tables(recipes: dict[str, list[dict]], extra: dict | None) -> list[str]:
+    """One suite at one budget: the recipes, then TTA's variants and the EMA probes where measured."""
+    lines = recipe_table(recipes, extra)
+    for name, runs in recipes.items():
+        if any(set(r["eval"]) - {"none", "flip_nms"} - set(PROBES) for r in runs):
+            lines += ["", f"Test-time augmentation on the `{name}` models (scales {TTA['scales_nms']['scales']}):",
+                      "", *tta_table(runs)]
+        if any("ema_probe/decay 0" in r["eval"] for r in runs):
+            lines += ["", f"EMA probes of the `{name}` runs (bench/_recipes_probe.py): the same training's weights "
+                      "averaged with other decays; decay 0 is the raw weights. Paired per seed:", "",
+                      *probe_table(runs)]
+    return [*lines, ""]
 
 
 def machine_line(threads: list[int]) -> str:

@@ -33,7 +33,7 @@ RACCOON = [
     "data.train_aug.brightness_contrast=0.0", "data.train_aug.crop=0.0", "data.train_aug.resize=null",
     "optimizer.momentum=0.9", "optimizer.weight_decay=1e-4",
 ]
-SHAPES = [*COMMON, "experiment=shapes_fast"]
+SHAPES = [*(o for o in COMMON if o != "~schedule.min_factor"), "experiment=shapes_fast"]  # it sets no min_factor
 SMALL_GENERATOR = {"root": str(DATA / "shapes_small"), "min_box_size": 6, "max_box_fraction": 0.15}
 
 EMA = ["callbacks=[none,ema]", "callbacks.ema.decay=0.99", "callbacks.ema.warmup_steps=25"]

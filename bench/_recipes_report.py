@@ -105,9 +105,10 @@ def report(rows: list[dict], command: str, date: datetime.date) -> tuple[str, st
     groups = grouped(rows)
     loads = [v for r in rows for v in (r["load_start"], r["load_end"])]
     threads = sorted({r["threads"] for r in rows})
-    lines = [SECTION, "", f"{date:%Y-%m-%d}, `{command}` (the runs: bench/README.md's commands below), "
+    lines = [SECTION, "", f"{date:%Y-%m-%d}, `{command}` (the runs: the commands below), "
              f"{machine_line(threads)}; load average {min(loads, default=0):.1f}-{max(loads, default=0):.1f} "
-             "while the runs ran (others' jobs shared the 2 cores; the budget counts CPU time, not wall time).", ""]
+             "while the runs ran (others' jobs shared the 2 cores; the budget counts CPU time, not wall time).", "",
+             *run_commands(rows), ""]
     titles = {"raccoon": "Raccoon (mAP@0.5 VOC area on the 40 val images)",
               "longtail": f"Long-tail shapes (`{RARE}` 20x rarer in training; rare class AP@[.5:.95] / AP@0.5)",
               "small": "Small shapes (anchor coverage at IoU >= the RPN's 0.5)"}
@@ -121,6 +122,18 @@ def report(rows: list[dict], command: str, date: datetime.date) -> tuple[str, st
                       "seeds (min-max).", ""]
             lines += budget_tables({name: runs for name, runs in recipes.items() if runs}, extras.get(suite))
     return SECTION, "\n".join(lines)
+
+
+def run_commands(rows: list[dict]) -> list[str]:
+    """The bench/recipes.py commands that produce ``rows``: one per suite and budget."""
+    runs: dict[tuple[str, float], tuple[set, set]] = defaultdict(lambda: (set(), set()))
+    for row in rows:
+        runs[row["suite"], row["budget_s"]][0].add(row["recipe"])
+        runs[row["suite"], row["budget_s"]][1].add(row["seed"])
+    order = list(SUITES)
+    return ["    " + f".venv/bin/python bench/recipes.py --suite {suite} --budget {budget:g} --seeds "
+            + " ".join(map(str, sorted(seeds))) + " --recipes " + " ".join(r for r in SUITES[suite] if r in recipes)
+            for (suite, budget), (recipes, seeds) in sorted(runs.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1]))]
 
 
 def budget_tables(recipes: dict[str, list[dict]], extra: dict | None) -> list[str]:

@@ -1,4 +1,12 @@
-"""The random number generators' states in every checkpoint, restored when training resumes.
+"""What an exact resume needs beyond Lightning's own state: the random generators and the data position.
+
+Data position: the train loader (``frcnn.data.loader.ResumableDataLoader``) saves its place in the
+epoch, and Lightning would load it when its fit loop sets the loader up, except that the module's
+``configure_optimizers`` has already set it up (``estimated_stepping_batches``, for the schedule's
+length) before the checkpoint is restored, so Lightning never loads it. ``ResumeState`` loads it at
+the start of training and restarts the loader's iteration there, for the resumed epoch.
+
+Random generators:
 
 The model draws random numbers in every training step (the RPN's and the R-CNN's balanced sampling
 of anchors and RoIs). A resumed run that started its generators afresh from the seed would sample
@@ -18,6 +26,7 @@ import random
 import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.fabric.utilities.data import _set_sampler_epoch
 
 
 def capture() -> dict:
@@ -46,8 +55,22 @@ def restore(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class RandomState(Callback):
-    """Saves the generators' states in checkpoints; restores them before the first step of a resume."""
+def load_data_position(trainer: Trainer) -> None:
+    """Load the train loaders' saved states Lightning left unloaded, and restart the iteration there."""
+    fit_loop = trainer.fit_loop
+    states = getattr(fit_loop, "_combined_loader_states_to_load", None)
+    if not states or fit_loop._combined_loader is None or fit_loop._data_fetcher is None:
+        return
+    fit_loop._combined_loader._load_state_dicts(states)
+    fit_loop._combined_loader_states_to_load = []
+    for loader in fit_loop._combined_loader.flattened:  # workers draw at once: the resumed epoch's order
+        _set_sampler_epoch(loader, fit_loop.epoch_progress.current.processed)
+    iter(fit_loop._data_fetcher)  # a new iteration, from the loaded position
+
+
+class ResumeState(Callback):
+    """Saves the generators' states in checkpoints; when resuming, loads the data position at the start
+    of training and restores the generators just before the first step."""
 
     def __init__(self) -> None:
         self._pending: dict | None = None
@@ -57,6 +80,9 @@ class RandomState(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._pending = state_dict
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        load_data_position(trainer)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
         if self._pending is not None:

@@ -48,8 +48,10 @@ def test_max_time(tmp_path, data_dir):
 
 def test_early_stopping(tmp_path, data_dir):
     # val/map never improves by 1: the second validation (epoch 1) stops training.
-    _, objects = run(tmp_path, data_dir, "+callbacks=early_stopping", "callbacks.early_stopping.patience=0",
-                     "callbacks.early_stopping.min_delta=1.0", "trainer.check_val_every_n_epoch=1", "test=false")
+    stopper = "+callbacks.early_stopping."
+    _, objects = run(tmp_path, data_dir, f"{stopper}_target_=lightning.pytorch.callbacks.EarlyStopping",
+                     f"{stopper}monitor=val/map", f"{stopper}mode=max", f"{stopper}patience=0",
+                     f"{stopper}min_delta=1.0", "trainer.check_val_every_n_epoch=1", "test=false")
     assert objects["trainer"].current_epoch == 2 and objects["trainer"].should_stop
     assert objects["trainer"].global_step == 2 * STEPS_PER_EPOCH == last_step(tmp_path)
 

@@ -46,10 +46,12 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then make it ``path`` atomically.
 
     The temporary file (``.<name>.<pid>.<random>.tmp``, hidden, never ``*.ckpt``) is removed when
-    ``write`` fails; only a kill -9 can leave one behind, and it never replaces a good file.
+    ``write`` fails; only a kill -9 can leave one behind, never in place of a good file, and the next
+    write of ``path`` removes it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     # os.open with 0o666 honours the umask, as a plain open() of the target would
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -63,6 +65,18 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
         temporary.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files a killed writer of ``path`` left behind (its process is gone)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            pid = int(stale.name[len(path.name) + 2:].split(".")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            stale.unlink(missing_ok=True)
+        except (ValueError, PermissionError):  # not ours, or another user's live process
+            continue
 
 
 def _fsync_folder(folder: Path) -> None:

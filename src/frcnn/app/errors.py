@@ -144,6 +144,13 @@ def _verbose(cfg: DictConfig | None) -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1" or bool(_setting(cfg, "verbose"))
 
 
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def _to_log_files(message: str) -> None:
     """The block also into the run's log file (Hydra's file handler), not a second time on the console."""
     record = logging.LogRecord(__name__, logging.ERROR, __file__, 0, message, None, None)
@@ -155,8 +162,9 @@ def _to_log_files(message: str) -> None:
 def report_errors(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     """``task(cfg)``; a recognised error is printed as one block (``explain``) and exits with 1.
 
-    With ``HYDRA_FULL_ERROR=1`` the block is printed and the error re-raised (Hydra prints the full
-    trace); with ``verbose=true`` the trace is printed above the block.
+    With ``HYDRA_FULL_ERROR=1``, and in a multirun (where Hydra records the failed job and the sweep
+    goes on), the block is printed and the error re-raised; with ``verbose=true`` the trace is
+    printed above the block.
     """
     try:
         return task(cfg)
@@ -173,7 +181,8 @@ def report_errors(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
         if getattr(error, "checkpoint_path", None):
             message += (f"\n  the training state before the failure: {error.checkpoint_path} (global step "
                         f"{error.checkpoint_step}); resume with ckpt_path={error.checkpoint_path}")
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
+            # a sweep records a failed job and goes on (Hydra's job runner catches exceptions, not exits)
             print(f"\nerror: {message}\n", file=sys.stderr, flush=True)
             raise
         if _verbose(cfg):

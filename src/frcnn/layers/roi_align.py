@@ -169,18 +169,27 @@ class _SeparableBilinear(torch.autograd.Function):
         return grad_features.to(ctx.features_dtype), None, None, None
 
 
+KERNELS = ("sparse", "torchvision")
+
+
 def roi_align(
-    features: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int, aligned: bool
+    features: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int, aligned: bool,
+    kernel: str | None = None,
 ) -> Tensor:
     """RoIAlign, equal to ``torchvision.ops.roi_align`` for a fixed ``sampling_ratio`` > 0.
 
     features (N, C, H, W), rois (R, 5) ``(batch_index, x1, y1, x2, y2)`` in image pixels ->
     (R, C, S, S). Each of the S x S bins averages ``sampling_ratio``^2 bilinear samples. The value
-    is ``sparse_roi_sample``'s on a CPU, torchvision's kernel's on CUDA;
-    the gradient is the separable one of ``_SeparableBilinear``.
+    is ``kernel``'s: ``"sparse"`` (``sparse_roi_sample``) or ``"torchvision"`` (its compiled kernel);
+    None picks by device, sparse on a CPU, torchvision's on CUDA. Both run on either device, so the
+    CPU suite also checks the CUDA choice. The gradient is the separable one of ``_SeparableBilinear``.
     """
     if sampling_ratio <= 0:
         raise ValueError("this RoIAlign needs a fixed sampling_ratio > 0 (the adaptive one varies per RoI)")
+    if kernel is None:
+        kernel = "sparse" if features.device.type == "cpu" else "torchvision"
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS} or None, got {kernel!r}")
     S, s = int(output_size), int(sampling_ratio)
     rois = rois.detach()
 
@@ -194,7 +203,7 @@ def roi_align(
         return start[:, 1:2] + t * size[:, 1:2], start[:, 0:1] + t * size[:, 0:1], S  # ys, xs (R, S*s)
 
     def sample(features: Tensor, rois: Tensor) -> Tensor:
-        if features.device.type == "cpu":
+        if kernel == "sparse":
             ys, xs, _ = coords(rois)
             return sparse_roi_sample(features, rois, ys, xs, S)
         dtype = _compute_dtype(features.dtype)  # half-precision RoIs would move the boxes by pixels

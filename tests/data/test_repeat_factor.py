@@ -84,3 +84,16 @@ def test_lightning_injects_the_rank_and_keeps_the_draw():
     assert isinstance(rank1.batch_sampler, RepeatFactorBatchSampler)
     expected = epoch_indices(FACTORS, torch.Generator().manual_seed(1))  # 20: a multiple of 2
     assert [i for batch in rank1 for i in batch] == expected[1::2]
+
+
+def test_a_saved_repeat_factor_epoch_resumes_with_the_same_batches():
+    """The sampler is a GroupedBatchSampler: mid-epoch resume (frcnn.data.loader) keeps the drawn epoch."""
+    sampler = RepeatFactorBatchSampler(SequentialSampler(range(16)), [0, 1] * 8, FACTORS, batch_size=2, seed=5)
+    iterator = iter(sampler)
+    taken = [next(iterator) for _ in range(4)]
+    plan = sampler.plan
+    assert taken == plan[:4] and len(plan) == len(sampler) == 10
+    assert sorted(i for batch in plan for i in batch) == sorted(epoch_indices(FACTORS, torch.Generator().manual_seed(5)))
+    resumed = RepeatFactorBatchSampler(SequentialSampler(range(16)), [0, 1] * 8, FACTORS, batch_size=2, seed=5)
+    resumed.load_state_dict(sampler.state_dict(position=4))
+    assert list(resumed) == plan[4:]

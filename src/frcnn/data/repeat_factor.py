@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DistributedSampler, Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 from frcnn.data.batching import GroupedBatchSampler
 
@@ -69,8 +69,10 @@ def epoch_indices(factors: Sequence[float], generator: torch.Generator) -> list[
     return (indices + indices[:1])[:length]  # at most one copy added or dropped
 
 
-class RepeatFactorBatchSampler(BatchSampler):
+class RepeatFactorBatchSampler(GroupedBatchSampler):
     """Aspect-ratio grouped batches of a repeat-factor epoch (module docstring), the rank's share.
+    A ``GroupedBatchSampler`` whose epoch draws its indices by the repeat factors: the epoch's plan,
+    the mid-epoch resume (``state_dict`` / ``load_state_dict``, ``frcnn.data.loader``) are its.
 
     Args:
         sampler: the rank's index sampler; only its ``num_replicas``, ``rank`` and ``epoch`` are read
@@ -85,11 +87,8 @@ class RepeatFactorBatchSampler(BatchSampler):
                  drop_last: bool = False, seed: int = 0) -> None:
         if len(group_ids) != len(factors):
             raise ValueError(f"{len(group_ids)} group ids for {len(factors)} repeat factors")
-        self.sampler = sampler
-        self.group_ids = list(group_ids)
+        super().__init__(sampler, group_ids, batch_size, drop_last)
         self.factors = [float(f) for f in factors]
-        self.batch_size = batch_size
-        self.drop_last = drop_last
         self.seed = int(seed)
         self.epoch = 0
 
@@ -110,8 +109,9 @@ class RepeatFactorBatchSampler(BatchSampler):
         indices += indices[: total - len(indices)]  # pad to a multiple of the world size
         return indices[rank:total:world]
 
-    def __iter__(self) -> Iterator[list[int]]:
-        yield from GroupedBatchSampler(self.rank_indices(), self.group_ids, self.batch_size, self.drop_last)
+    def _draw(self) -> Iterator[list[int]]:
+        """The epoch's batches: this rank's repeat-factor indices, grouped as ``GroupedBatchSampler`` groups."""
+        yield from GroupedBatchSampler(self.rank_indices(), self.group_ids, self.batch_size, self.drop_last)._draw()
 
     def __len__(self) -> int:
         world, _ = self._shard()

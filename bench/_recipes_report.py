@@ -111,7 +111,7 @@ def report(rows: list[dict], command: str, date: datetime.date) -> tuple[str, st
              *run_commands(rows), ""]
     titles = {"raccoon": "Raccoon (mAP@0.5 VOC area on the 40 val images)",
               "longtail": f"Long-tail shapes (`{RARE}` 20x rarer in training; rare class AP@[.5:.95] / AP@0.5)",
-              "small": "Small shapes (anchor coverage at IoU >= the RPN's 0.5)"}
+              "small": "Small shapes (anchor coverage: boxes with an anchor at IoU >= the RPN's foreground threshold)"}
     extras = {"longtail": {f"{RARE} AP / AP50": rare_ap}, "small": {"anchor coverage: default -> fitted": coverage},
               "raccoon": {"anchors": coverage}}
     for suite, all_recipes in groups.items():

@@ -111,29 +111,36 @@ def report(rows: list[dict], command: str, date: datetime.date) -> tuple[str, st
              *run_commands(rows), ""]
     titles = {"raccoon": "Raccoon (mAP@0.5 VOC area on the 40 val images)",
               "longtail": f"Long-tail shapes (`{RARE}` 20x rarer in training; rare class AP@[.5:.95] / AP@0.5)",
-              "small": "Small shapes (anchor coverage at IoU >= the RPN's 0.5)"}
+              "small": "Small shapes (anchor coverage: boxes with an anchor at IoU >= the RPN's foreground threshold)"}
     extras = {"longtail": {f"{RARE} AP / AP50": rare_ap}, "small": {"anchor coverage: default -> fitted": coverage},
               "raccoon": {"anchors": coverage}}
     for suite, all_recipes in groups.items():
-        for budget in sorted({r["budget_s"] for runs in all_recipes.values() for r in runs}):
-            recipes = {name: [r for r in runs if r["budget_s"] == budget] for name, runs in all_recipes.items()}
-            lines += [f"### {titles.get(suite, suite)}, {budget:g} CPU s", "",
-                      f"Budget {budget:g} CPU s of training steps per run; mean ± standard deviation over the "
-                      "seeds (min-max).", ""]
+        for budget in sorted({budget_of(r) for runs in all_recipes.values() for r in runs}):
+            recipes = {name: [r for r in runs if budget_of(r) == budget] for name, runs in all_recipes.items()}
+            text = f"{budget[1]} optimizer steps" if budget[1] else f"{budget[0]:g} CPU s of training steps"
+            lines += [f"### {titles.get(suite, suite)}, {text}", "",
+                      f"Budget {text} per run; mean ± standard deviation over the seeds (min-max).", ""]
             lines += budget_tables({name: runs for name, runs in recipes.items() if runs}, extras.get(suite))
     return SECTION, "\n".join(lines)
 
 
+def budget_of(row: dict) -> tuple[float, int]:
+    """(CPU seconds, steps or 0): a run's budget."""
+    return row["budget_s"], int(row.get("max_steps") or 0)
+
+
 def run_commands(rows: list[dict]) -> list[str]:
     """The bench/recipes.py commands that produce ``rows``: one per suite and budget."""
-    runs: dict[tuple[str, float], tuple[set, set]] = defaultdict(lambda: (set(), set()))
+    runs: dict[tuple[str, tuple], tuple[set, set]] = defaultdict(lambda: (set(), set()))
     for row in rows:
-        runs[row["suite"], row["budget_s"]][0].add(row["recipe"])
-        runs[row["suite"], row["budget_s"]][1].add(row["seed"])
+        runs[row["suite"], budget_of(row)][0].add(row["recipe"])
+        runs[row["suite"], budget_of(row)][1].add(row["seed"])
     order = list(SUITES)
-    return ["    " + f".venv/bin/python bench/recipes.py --suite {suite} --budget {budget:g} --seeds "
-            + " ".join(map(str, sorted(seeds))) + " --recipes " + " ".join(r for r in SUITES[suite] if r in recipes)
-            for (suite, budget), (recipes, seeds) in sorted(runs.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1]))]
+    return ["    " + f".venv/bin/python bench/recipes.py --suite {suite} --budget {cpu:g}"
+            + (f" --steps {steps}" if steps else "") + " --seeds " + " ".join(map(str, sorted(seeds)))
+            + " --recipes " + " ".join(r for r in SUITES[suite] if r in recipes)
+            for (suite, (cpu, steps)), (recipes, seeds) in sorted(runs.items(), key=lambda kv: (order.index(kv[0][0]),
+                                                                                               kv[0][1]))]
 
 
 def budget_tables(recipes: dict[str, list[dict]], extra: dict | None) -> list[str]:

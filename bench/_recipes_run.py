@@ -4,6 +4,7 @@ then evaluate on the validation split with and without test-time augmentation; p
     python bench/_recipes_run.py '<json spec>'
 
 The spec: ``overrides`` (Hydra, on conf/train.yaml), ``budget_s`` (CPU seconds of the training
+steps), ``max_steps`` (optional: a budget in optimizer steps instead, the CPU one then only a cap),
 steps), ``threads``, ``seed``, ``tta`` (name -> ``conf/tta`` block, or null for none), ``run_dir``.
 
 Training is ``train(cfg)`` of src/train.py (the real DataModule, model, module and callbacks), plus
@@ -41,10 +42,14 @@ from frcnn.app.callbacks.ema import EMA  # noqa: E402
 
 
 class CPUBudget(Callback):
-    """Training for ``budget_s`` CPU seconds of the training steps, the lr shaped over that budget."""
+    """Training for ``budget_s`` CPU seconds of the training steps, the lr shaped over that budget;
+    with ``max_steps``, for that many steps (the lr shaped over them): the step count does not move
+    with the machine's load, while the CPU seconds of a step do (shared caches and cores)."""
 
-    def __init__(self, budget_s: float, warmup_fraction: float = 0.1, min_factor: float = 0.01) -> None:
+    def __init__(self, budget_s: float, max_steps: int | None = None, warmup_fraction: float = 0.1,
+                 min_factor: float = 0.01) -> None:
         self.budget_s, self.warmup_fraction, self.min_factor = budget_s, warmup_fraction, min_factor
+        self.max_steps = max_steps
         self.spent = self.wall = 0.0
         self.steps = self.images = 0
         self.base_lrs: list[float] = []
@@ -54,7 +59,8 @@ class CPUBudget(Callback):
         self.base_lrs = [group["lr"] for group in trainer.optimizers[0].param_groups]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        factor = budget_lr_factor(self.spent / self.budget_s, self.warmup_fraction, self.min_factor)
+        spent = self.steps / self.max_steps if self.max_steps else self.spent / self.budget_s
+        factor = budget_lr_factor(spent, self.warmup_fraction, self.min_factor)
         for group, base in zip(trainer.optimizers[0].param_groups, self.base_lrs):
             group["lr"] = base * factor
         self._start = (time.process_time(), time.perf_counter())
@@ -64,7 +70,7 @@ class CPUBudget(Callback):
         self.wall += time.perf_counter() - self._start[1]
         self.steps += 1
         self.images += len(batch[0])
-        if self.spent >= self.budget_s:
+        if self.spent >= self.budget_s or (self.max_steps and self.steps >= self.max_steps):
             trainer.should_stop = True
 
 
@@ -109,7 +115,7 @@ def main() -> None:
     torch.set_num_threads(spec["threads"])
     cfg = compose_run(spec)
     train_module = __import__("train")  # src/train.py
-    budget = CPUBudget(spec["budget_s"])
+    budget = CPUBudget(spec["budget_s"], spec.get("max_steps"))
     original = train_module.instantiate_callbacks
     probes: list[EMAProbe] = []
 

@@ -33,10 +33,10 @@ from _recipes_suites import ROOT, SUITES, write_longtail
 RESULTS = ROOT / "outputs" / "bench_recipes" / "results.jsonl"
 
 
-def run_key(suite: str, recipe: str, seed: int, budget: float, threads: int) -> str:
+def run_key(suite: str, recipe: str, seed: int, budget: float, threads: int, steps: int | None = None) -> str:
     overrides, tta = SUITES[suite][recipe]
     digest = hashlib.sha1(json.dumps([overrides, tta]).encode()).hexdigest()[:8]
-    return f"{suite}/{recipe}/seed{seed}/budget{budget:g}/threads{threads}/{digest}"
+    return f"{suite}/{recipe}/seed{seed}/budget{budget:g}{f'_steps{steps}' if steps else ''}/threads{threads}/{digest}"
 
 
 def finished(results: Path) -> dict[str, dict]:
@@ -48,10 +48,10 @@ def finished(results: Path) -> dict[str, dict]:
 
 def launch(suite: str, recipe: str, seed: int, args: argparse.Namespace) -> subprocess.Popen:
     overrides, tta = SUITES[suite][recipe]
-    key = run_key(suite, recipe, seed, args.budget, args.threads)
+    key = run_key(suite, recipe, seed, args.budget, args.threads, args.steps)
     run_dir = args.results.parent / "runs" / key.replace("/", "_")
     spec = {"overrides": overrides, "tta": tta, "budget_s": args.budget, "threads": args.threads, "seed": seed,
-            "run_dir": str(run_dir)}
+            "run_dir": str(run_dir), "max_steps": args.steps}
     run_dir.mkdir(parents=True, exist_ok=True)
     log = (run_dir / "run.log").open("w")
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}:{ROOT}", OMP_NUM_THREADS=str(args.threads), HYDRA_FULL_ERROR="1")
@@ -70,6 +70,7 @@ def collect(proc: subprocess.Popen, args: argparse.Namespace) -> None:
         return
     result = json.loads(lines[-1][len("RESULT "):])
     row = {**{k: v for k, v in meta.items() if k != "log"}, "log": str(meta["log"]), "budget_s": args.budget,
+           "max_steps": args.steps,
            "threads": args.threads, "wall_s": time.time() - meta["started"], "load_end": os.getloadavg()[0], **result}
     with args.results.open("a") as file:
         file.write(json.dumps(row) + "\n")
@@ -86,7 +87,7 @@ def run_all(args: argparse.Namespace) -> None:
     # Seed-major: every recipe's first seed before any second seed, so a partial run already compares.
     queue = [(suite, recipe, seed) for seed in args.seeds for suite in args.suite for recipe in SUITES[suite]
              if (not args.recipes or recipe in args.recipes)
-             and run_key(suite, recipe, seed, args.budget, args.threads) not in done]
+             and run_key(suite, recipe, seed, args.budget, args.threads, args.steps) not in done]
     print(f"{len(queue)} runs to do ({len(done)} in {args.results})", flush=True)
     running: list[subprocess.Popen] = []
     while queue or running:
@@ -104,6 +105,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--recipes", nargs="*", default=None, help="only these recipes of the suites")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budget", type=float, default=480.0, help="CPU seconds of training steps per run")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="budget in optimizer steps instead (--budget then only caps the CPU seconds)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--results", type=Path, default=RESULTS)

@@ -5,7 +5,8 @@ the rewritten eager model's (1e-3 px, 1e-4 score, same counts), timed rounds in 
 takes its turn on the same images (order rotating): per-image latency at batch 1 and images/s at
 batch 4 (four images of one size: one call of the exported graph). Medians with min / max over the
 rounds. Runners: eager as trained, eager with the inference rewrite (frcnn.layers.inference_rewrite), ONNX
-Runtime, OpenVINO. Threads: ``--threads`` for all of them (torch intra-op, ORT intra-op, OpenVINO
+Runtime, OpenVINO, and with ``--pt2`` the AOTInductor package (format=pt2; its compile time is the
+export time of that row). Threads: ``--threads`` for all of them (torch intra-op, ORT intra-op, OpenVINO
 INFERENCE_NUM_THREADS). Peak RSS: the process's high-water mark after each runner's first call,
 so it only grows (a lower bound on what a runner alone needs is its own increase).
 
@@ -40,7 +41,8 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 from _common import machine, record  # noqa: E402
 
 from frcnn.export.onnx_export import export_onnx  # noqa: E402
-from frcnn.export.runtimes import OnnxRuntimeBackend, OpenVINOBackend  # noqa: E402
+from frcnn.export.pt2_export import export_pt2  # noqa: E402
+from frcnn.export.runtimes import OnnxRuntimeBackend, OpenVINOBackend, Pt2Backend  # noqa: E402
 from frcnn.export.verify import max_differences  # noqa: E402
 from frcnn.layers.inference_rewrite import optimize_for_inference  # noqa: E402
 
@@ -49,7 +51,8 @@ MODELS = {
     "raccoon_480": (["experiment=raccoon_mobilenet", "model.transform.min_size=480", "model.transform.max_size=800"], (480, 640)),
     "raccoon_800": (["experiment=raccoon_mobilenet", "model.transform.min_size=800", "model.transform.max_size=1333"], (800, 1066)),
     "resnet50_c4": (["~experiment", "backbone=resnet50", "backbone.weights=null", "data=voc",
-                     "model.roi_heads.box_head._target_=frcnn.modeling.roi_heads.ResNetC5Head", "model.roi_heads.pooler.output_size=14"],
+                     "model.roi_heads.box_head._target_=frcnn.modeling.roi_heads.ResNetC5Head", "~model.roi_heads.box_head.hidden_dim",
+                     "model.roi_heads.pooler.output_size=14"],
                     (600, 800)),
     "resnet50_fpn": (["~experiment", "model=faster_rcnn_fpn", "backbone=resnet50_fpn", "backbone.weights=null", "data=voc",
                       "model.transform.min_size=600", "model.transform.max_size=1000"], (600, 800)),
@@ -75,7 +78,7 @@ def scenes(n: int, size: tuple[int, int], seed: int) -> list[torch.Tensor]:
     return [scene(*size, seed + i) for i in range(n)]
 
 
-def bench_model(name: str, rounds: int, threads: int, folder: Path) -> dict:
+def bench_model(name: str, rounds: int, threads: int, folder: Path, pt2: bool = False) -> dict:
     overrides, size = MODELS[name]
     model, class_names = build(overrides)
     rewritten = optimize_for_inference(copy.deepcopy(model))
@@ -93,6 +96,12 @@ def bench_model(name: str, rounds: int, threads: int, folder: Path) -> dict:
     rss = {}
     for label, factory in (("onnxruntime", OnnxRuntimeBackend), ("openvino", OpenVINOBackend)):
         runners[label] = factory(path, threads=threads)
+    pt2_s = None
+    if pt2:
+        start = time.perf_counter()
+        package = export_pt2(model, folder / f"{name}.pt2", class_names[: model.num_classes], example_size=(2, 3, 320, 416))
+        pt2_s = time.perf_counter() - start
+        runners["pt2"] = Pt2Backend(package, threads=threads)
     one, four = scenes(1, size, 0), scenes(4, size, 10)
     reference = runners["eager_rewrite"](four)
     checks = {}
@@ -107,22 +116,23 @@ def bench_model(name: str, rounds: int, threads: int, folder: Path) -> dict:
                 t = time.perf_counter()
                 runners[label](images)
                 times[label][key].append(time.perf_counter() - t)
-    return {"name": name, "size": size, "export_s": export_s, "mb": path.stat().st_size / 2**20, "checks": checks,
+    return {"name": name, "size": size, "export_s": export_s, "pt2_s": pt2_s, "mb": path.stat().st_size / 2**20, "checks": checks,
             "rss": rss, "times": times, "detections": sum(len(d["boxes"]) for d in reference)}
 
 
 def table(result: dict) -> str:
     times, base = result["times"], statistics.median(result["times"]["eager_rewrite"]["b4"])
     lines = [f"**{result['name']}** ({result['size'][0]}x{result['size'][1]} px; export {result['export_s']:.0f} s, "
-             f"{result['mb']:.1f} MB; {result['detections']} detections on the 4 images)", "",
-             "| runner | batch 1 ms/image (min-max) | batch 4 images/s (min-max) | vs eager rewrite | max diff boxes / scores | peak RSS MB |",
+             f"{result['mb']:.1f} MB" + (f"; pt2 compile {result['pt2_s']:.0f} s" if result["pt2_s"] else "")
+             + f"; {result['detections']} detections on the 4 images)", "",
+             "| runner | batch 1 ms/image (min-max) | batch 4 images/s (min-max) | vs eager rewrite | unpaired / max score diff | peak RSS MB |",
              "| --- | --- | --- | --- | --- | --- |"]
     for label, t in times.items():
         b1, b4 = [1000 * v for v in t["b1"]], [4 / v for v in t["b4"]]
         check = result["checks"][label]
         lines.append(f"| {label} | {statistics.median(b1):.0f} ({min(b1):.0f}-{max(b1):.0f}) | "
                      f"{statistics.median(b4):.2f} ({min(b4):.2f}-{max(b4):.2f}) | {base / statistics.median(t['b4']):.2f}x | "
-                     f"{check['boxes']:.1e} / {check['scores']:.1e} | {result['rss'][label]:.0f} |")
+                     f"{check['unpaired']} / {check['scores']:.1e} | {result['rss'][label]:.0f} |")
     return "\n".join(lines)
 
 
@@ -131,12 +141,17 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pt2", action="store_true", help="also compile and time format=pt2 (minutes per model)")
     parser.add_argument("--record", action="store_true", help="write the tables into bench/README.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
-        results = [bench_model(name, args.rounds, args.threads, Path(folder)) for name in args.models]
-    command = f"python bench/export.py --models {' '.join(args.models)} --rounds {args.rounds} --threads {args.threads}"
+        results = []
+        for name in args.models:
+            results.append(bench_model(name, args.rounds, args.threads, Path(folder), args.pt2))
+            print(table(results[-1]), flush=True)
+    command = (f"python bench/export.py --models {' '.join(args.models)} --rounds {args.rounds} --threads {args.threads}"
+               + (" --pt2" if args.pt2 else ""))
     text = "\n\n".join(
         [f"## Export\n\n{datetime.date.today()}, `{command}`, {machine(torch.device('cpu'))}, {args.threads} threads "
          "for every runner. Medians over interleaved rounds; outputs checked equal to the rewritten eager model first.",

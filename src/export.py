@@ -60,8 +60,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         from frcnn.export.onnx_export import export_onnx
 
         path = export_onnx(module.model, cfg.output, full_check=cfg.check, **common)
-    else:  # accepted by the config so that the message can say why
-        raise ExportError("format=pt2 (torch.export + AOTInductor) is not built yet: docs/export.md says what blocks it")
+    else:
+        from frcnn.export.pt2_export import export_pt2
+
+        path = export_pt2(module.model, cfg.output, **common)
     verified = None
     if cfg.verify:
         from frcnn.export.verify import verify_against_eager

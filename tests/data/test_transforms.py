@@ -10,7 +10,7 @@ from datafiles import COCO128, random_pixels
 
 from frcnn.data import Augmentation, CocoSource, DetectionDataset, load_split
 from frcnn.data.transforms import box_compose
-from frcnn.modeling.transform import resize_scale
+from frcnn.modeling.transform import resized_size
 
 NO_BOXES = np.zeros((0, 4), np.float32)
 NO_LABELS = np.zeros(0, np.int64)
@@ -30,8 +30,8 @@ def test_flip_mirrors_boxes_and_ignored_boxes_exactly():
 
 
 @pytest.mark.parametrize("size, expected", [((640, 480), (800, 600)), ((2000, 1333), (900, 600)),
-                                            ((2001, 999), (1000, 499)), ((178, 154), (694, 600)),
-                                            ((359, 640), (561, 1000))])
+                                            ((2001, 999), (1000, 499)), ((178, 154), (693, 600)),
+                                            ((359, 640), (560, 1000)), ((333, 500), (600, 900))])
 def test_resize_follows_the_model_rule_so_the_model_resize_is_a_no_op(size, expected):
     width, height = size
     box = np.array([[0, 0, width, height], [10, 20, 30, 40]], np.float32)
@@ -39,7 +39,7 @@ def test_resize_follows_the_model_rule_so_the_model_resize_is_a_no_op(size, expe
         np.zeros((height, width, 3), np.uint8), box, np.array([1, 2]), NO_BOXES, NO_LABELS)
     new_height, new_width = sample.image.shape[:2]
     assert (new_width, new_height) == expected
-    assert resize_scale(new_height, new_width, 600, 1000) == 1.0  # exactly: the model then does nothing
+    assert resized_size(new_height, new_width, 600, 1000) == (new_height, new_width)  # the model then does nothing
     sx, sy = new_width / width, new_height / height
     np.testing.assert_allclose(sample.boxes, [[0, 0, new_width, new_height], [10 * sx, 20 * sy, 30 * sx, 40 * sy]],
                                rtol=1e-5)

@@ -12,6 +12,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from frcnn.export.verify import match_by_position
 from frcnn.modeling import FasterRCNN
 from frcnn.modeling.anchors import AnchorGenerator
 from frcnn.modeling.backbone import FPNBackbone
@@ -72,16 +73,27 @@ def parity_images() -> dict[str, list[Tensor]]:
 
 
 def assert_same_detections(expected: list[dict[str, Tensor]], actual: list[dict[str, Tensor]], where: str = "") -> None:
-    """Per image: the same count, then boxes within 1e-3 px, scores within 1e-4 and equal labels,
-    detection i against detection i."""
+    """Per image: the same count; every detection paired by position (``match_by_position``) with one
+    of the same label within 1e-3 px, its score within 1e-4. One exception, stated: at the
+    detections-per-image cut-off, a detection tied in score (within 1e-4) with the last one kept may
+    be replaced by its tie."""
     assert len(expected) == len(actual), where
     for i, (e, a) in enumerate(zip(expected, actual)):
         context = f"{where} image {i}"
         assert a["boxes"].shape == e["boxes"].shape, f"{context}: {a['boxes'].shape[0]} vs {e['boxes'].shape[0]} detections"
-        assert_close(a["boxes"], e["boxes"], atol=BOX_ATOL, rtol=0, msg=lambda m, c=context: f"{c} boxes: {m}")
-        assert_close(a["scores"], e["scores"], atol=SCORE_ATOL, rtol=0, msg=lambda m, c=context: f"{c} scores: {m}")
-        assert torch.equal(a["labels"], e["labels"]), f"{context}: labels differ"
         assert a["labels"].dtype == torch.int64
+        pairs = match_by_position(e, a)
+        unpaired = (pairs < 0).nonzero()[:, 0]
+        if unpaired.numel():
+            last = e["scores"][-1]
+            at_cut = (e["scores"][unpaired] - last).abs() <= SCORE_ATOL
+            assert bool(at_cut.all()), (
+                f"{context}: {unpaired.numel()} detections have no partner within {BOX_ATOL} px, e.g. "
+                f"{e['boxes'][unpaired[0]].tolist()} label {int(e['labels'][unpaired[0]])} score {float(e['scores'][unpaired[0]]):.6f}"
+            )
+        kept = pairs >= 0
+        assert_close(a["scores"][pairs[kept]], e["scores"][kept], atol=SCORE_ATOL, rtol=0,
+                     msg=lambda m, c=context: f"{c} scores: {m}")
 
 
 def tiny_fpn_faster_rcnn(num_classes: int = 2, min_size: int = 160, max_size: int = 224) -> FasterRCNN:

@@ -116,9 +116,3 @@ def test_unknown_format(tmp_path, tiny_checkpoint):
         script("export").export(cfg)
 
 
-def test_pt2_says_why_it_is_not_built(tmp_path, tiny_checkpoint):
-    cfg = _export_cfg(tmp_path, tiny_checkpoint, tmp_path / "m.pt2")
-    cfg.format = "pt2"
-    with pytest.raises(ExportError, match="format=pt2 .* not built yet: docs/export.md"):
-        script("export").export(cfg)
-    assert not (tmp_path / "m.pt2").exists()

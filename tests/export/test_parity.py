@@ -11,7 +11,6 @@ import copy
 import pytest
 
 from frcnn.export.onnx_export import export_onnx
-from frcnn.export.resize import resized_size
 from frcnn.export.runtimes import OnnxRuntimeBackend, OpenVINOBackend
 from frcnn.layers.inference_rewrite import optimize_for_inference
 from tests.export.helpers import (
@@ -26,23 +25,12 @@ from tests.model.builders import small_faster_rcnn, small_rpn_detector
 RUNNERS = {"onnxruntime": OnnxRuntimeBackend, "openvino": OpenVINOBackend}
 
 
-def one_pixel_short(model, image) -> bool:
-    """Whether the eager resize of ``image`` falls a pixel short of the target (double rounding),
-    so that resizing its result again is not the identity: OpenVINO's known deviation there
-    (frcnn.export.runtimes, docs/export.md)."""
-    m, M = model.transform.min_size[-1], model.transform.max_size
-    size = resized_size(*image.shape[-2:], m, M)
-    return resized_size(*size, m, M) != size
-
-
 def _check_parity(eager_model, path, runtime):
     """The eager reference is what predict.py runs: the model rewritten for inference."""
     reference = optimize_for_inference(copy.deepcopy(eager_model))
     backend = RUNNERS[runtime](path)
     counts = {}
     for name, images in parity_images().items():
-        if runtime == "openvino" and one_pixel_short(eager_model, images[0]):
-            continue  # test_openvino_deviation_where_the_eager_resize_is_a_pixel_short
         expected = eager_detections(reference, images)
         assert_same_detections(expected, backend(images), f"{runtime} {name}")
         counts[name] = [len(d["boxes"]) for d in expected]
@@ -94,12 +82,12 @@ def test_standalone_rpn(models, runtime):
         assert_same_detections(eager_detections(reference, images), backend(images), f"{runtime} {name}")
 
 
-@pytest.mark.xfail(strict=True, reason="OpenVINO runs the graph's double arithmetic as float32 (docs/export.md)")
-def test_openvino_deviation_where_the_eager_resize_is_a_pixel_short(models):
-    """190 x 120 at min 160 / max 224: 190 * fl(224 / 190) is just below 224 in double, so the eager
-    model resizes to 223 x 141; OpenVINO computes 224. Documented; ONNX Runtime is exact here."""
+def test_openvino_where_a_float_resize_would_be_a_pixel_short(models):
+    """190 x 120 at min 160 / max 224: 190 * (224 / 190) is just below 224 in double, so a float rule
+    resizes to 223 x 141 (and OpenVINO, which runs double as float32, to 224). The exact integer
+    rule gives 224 x 141 everywhere: the eager model and OpenVINO agree here too."""
     built, paths = models
     model, image = built["fpn"], parity_images()["portrait"]
-    assert one_pixel_short(model, image[0])
+    assert 190 * (224 / 190) < 224 and model.transform.max_size == 224
     reference = optimize_for_inference(copy.deepcopy(model))
     assert_same_detections(eager_detections(reference, image), OpenVINOBackend(paths["fpn"])(image))

@@ -15,7 +15,7 @@ from frcnn.modeling.transform import InputTransform
 
 
 def test_resized_size_is_the_input_transforms_for_every_size():
-    """Including the sizes where the double product H * scale falls just below an integer."""
+    """Including the sizes where a float product H * scale would fall just below an integer."""
     transform = InputTransform(600, 1000, size_divisible=32, image_mean=(0, 0, 0), image_std=(1, 1, 1))
     for H in range(50, 1400, 7):
         for W in (333, 517, 640, 733, 1333):
@@ -23,10 +23,12 @@ def test_resized_size_is_the_input_transforms_for_every_size():
             assert resized_size(H, W, 600, 1000) == expected, (H, W)
 
 
-def test_a_governing_side_can_be_one_pixel_short():
-    # 562 * (600 / 562) is 599.999... in double: the eager model resizes to 599, not 600.
-    assert resized_size(562, 733, 600, 1000) == (599, 782)
-    assert tuple(InputTransform(600, 1000, 32, (0, 0, 0), (1, 1, 1)).resize(torch.zeros(1, 562, 733), 600).shape[-2:]) == (599, 782)
+def test_the_governing_side_reaches_its_target_exactly():
+    # 562 * (600 / 562) is 599.999... in double: a float rule would make it 599. The exact rule:
+    # 600 x floor(733 * 600 / 562) = floor(782.56) = 782, in the eager model and in the graph's.
+    assert 562 * (600 / 562) < 600
+    assert resized_size(562, 733, 600, 1000) == (600, 782)
+    assert tuple(InputTransform(600, 1000, 32, (0, 0, 0), (1, 1, 1)).resize(torch.zeros(1, 562, 733), 600).shape[-2:]) == (600, 782)
 
 
 @pytest.mark.parametrize(("size", "out"), [((333, 517), (600, 931)), ((1200, 900), (800, 600)), ((37, 1500), (24, 1000)),

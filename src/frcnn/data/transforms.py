@@ -1,11 +1,9 @@
 """Box-aware augmentation with albumentations, built from config.
 
 Resizing happens in the model (docs/contracts.md): by default this pipeline delivers each image at
-its own resolution. ``resize={min_size, max_size}`` optionally resizes here instead, with the
-model's rule (``frcnn.modeling.transform.resize_scale``). Sizes are rounded here where the model
-floors them: ``600 / 333 * 333`` is 599.99..., so flooring could make the short side 599 and the
-model would resize again; rounded, it is 600 and the model's own resize finds a scale of exactly 1
-and does nothing. albumentations'
+its own resolution. ``resize={min_size, max_size}`` optionally resizes here instead, to the
+model's size (``frcnn.modeling.transform.resized_size``, exact in integers), so the model's own
+resize then finds its image at that size already and does nothing. albumentations'
 ``SmallestMaxSize`` + ``LongestMaxSize`` would not do: ``LongestMaxSize`` also enlarges, so a
 640x480 image would come out 1000x750 instead of 800x600.
 
@@ -28,7 +26,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from frcnn.modeling.transform import resize_scale  # noqa: E402  (the model's rule, stated once)
+from frcnn.modeling.transform import resize_scale, resized_size  # noqa: E402  (the model's rule, stated once)
 
 
 class ResizeMinMax(A.DualTransform):
@@ -46,8 +44,8 @@ class ResizeMinMax(A.DualTransform):
 
     def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
         height, width = params["shape"][:2]
-        scale = resize_scale(height, width, self.min_size, self.max_size)
-        return {"out_height": max(1, round(height * scale)), "out_width": max(1, round(width * scale))}
+        out_height, out_width = resized_size(height, width, self.min_size, self.max_size)
+        return {"out_height": max(1, out_height), "out_width": max(1, out_width)}
 
     def apply(self, img: np.ndarray, out_height: int, out_width: int, **params) -> np.ndarray:
         if img.shape[:2] == (out_height, out_width):

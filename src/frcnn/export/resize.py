@@ -4,11 +4,10 @@ Shape shorthand: N images, C channels, (H, W) input size, (h, w) resized size.
 
 Two details decide whether an exported model sees the same pixels as the eager one:
 
-* The resized size. ``InputTransform.resize`` computes ``scale = min(min_size / min(H, W),
-  max_size / max(H, W))`` and ``floor(H * scale)`` in Python floats (IEEE double). Where ``H *
-  scale`` is mathematically an integer (always for the governing side) the double product can fall
-  just below it, and the side is one pixel shorter. ``resized_size`` writes the same arithmetic on
-  the symbolic sizes, and the ONNX translation (``onnx_export``) keeps it in double.
+* The resized size. ``frcnn.modeling.transform.resized_size`` computes it in integers (the exact
+  ``floor(side * min_size / short)``, or ``/ long``), and ``resized_size`` here writes the same on
+  the symbolic sizes: integer products and divisions, which every runtime does exactly (OpenVINO
+  too: it narrows int64 to int32, and 8192 * 8192 fits).
 * The sampling positions. PyTorch's CPU bilinear kernel (``align_corners=False``) samples input
   coordinate ``(i + 0.5) * (H / h) - 0.5``, ratio in float32, multiply-add fused (one rounding);
   ONNX ``Resize`` divides by ``h / H`` instead. Either difference moves a sample by up to one
@@ -20,16 +19,15 @@ Two details decide whether an exported model sees the same pixels as the eager o
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 
 def resized_size(height, width, min_size: int, max_size: int):
-    """(H, W) (ints or symbolic ints) -> (h, w): ``InputTransform.resize``'s size in evaluation."""
-    scale = torch.sym_min(min_size / torch.sym_min(height, width), max_size / torch.sym_max(height, width))
-    return math.floor(height * scale), math.floor(width * scale)
+    """(H, W) (ints or symbolic ints) -> (h, w): ``frcnn.modeling.transform.resized_size``, in
+    integer operations only."""
+    short, long = torch.sym_min(height, width), torch.sym_max(height, width)
+    return tuple(torch.sym_min(side * min_size // short, side * max_size // long) for side in (height, width))
 
 
 def axis_taps(in_size, out_size, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:

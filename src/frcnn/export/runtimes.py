@@ -12,14 +12,13 @@ Images of one size go to the model as one batch; other sizes run as batches of t
 graph's N, H, W are dynamic, but one call holds one size). Wrong input is refused here, before a
 runtime sees it, with a message naming the image and the problem.
 
-``pre_resize`` (OpenVINO's default): the runner resizes each image with the model's own
-``InputTransform.resize`` before the call and maps the boxes back after it, so the graph's resize
-is the identity. Why: the graph computes the resized size and sampling positions in double, as the
-eager model does; OpenVINO's CPU plugin runs double as float32, which makes 5 % of input sizes one
-pixel shorter or longer than the eager model's. At the target size the graph's scale is exactly 1
-in any precision. Where the eager size of an image is one pixel short of the target (its double
-product falls below the integer; about 3 % of sizes), the eager model itself would resize the
-resized image again, so there the original goes in and OpenVINO's size may differ by a pixel.
+``pre_resize`` (OpenVINO's default): the runner resizes each image with the model's own resize
+(``frcnn.modeling.transform.resize_image``) before the call and maps the boxes back after it, so the
+graph's resize is the identity. Why: the resized size is integer arithmetic, exact in any runtime,
+but the bilinear sampling positions are computed in double to reproduce PyTorch's fused
+multiply-add, and OpenVINO's CPU plugin runs double as float32 (a sample one float32 step off moves
+scores by ~1e-5). At the resized size the graph's sizes come out unchanged (the integer rule is
+idempotent), its taps are the identity, and no double arithmetic matters.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from torch import Tensor
 from frcnn.export.metadata import parse_class_names
 from frcnn.modeling.transform import map_back, resize_image
 
-RUNTIMES = ("onnxruntime", "openvino")
+RUNTIMES = ("onnxruntime", "openvino", "pt2")
 INSTALL_HINT = "pip install -c constraints.txt onnx onnxruntime openvino (the README's install command)"
 
 
@@ -191,10 +190,38 @@ class OpenVINOBackend(_ExportedModel):
         return tuple(np.asarray(result[self.compiled.output(i)]) for i in range(4))
 
 
-def load_backend(runtime: str, path: str | Path, threads: int | None = None) -> OnnxRuntimeBackend | OpenVINOBackend:
+class Pt2Backend(_ExportedModel):
+    """An AOTInductor package (``format=pt2``, ``frcnn.export.pt2_export``) in this process;
+    ``threads``: PyTorch's intra-op threads (None: as they are)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import frcnn.export.ops  # noqa: F401  (registers frcnn_export::nms, which the package calls)
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"exported model not found: {path}")
+        try:
+            self.runner = torch._inductor.aoti_load_package(str(path))
+        except Exception as error:  # a file that is not a package, or one built by another PyTorch
+            raise ValueError(f"{path} is not an AOTInductor package this PyTorch can load: {error}") from error
+        if threads:
+            torch.set_num_threads(int(threads))
+        super().__init__(path, dict(self.runner.get_metadata()), pre_resize=False)
+
+    def run_batch(self, batch: np.ndarray):
+        """batch (N, 3, H, W) float32 -> boxes (M, 4), scores (M,), labels (M,), batch_index (M,)."""
+        check_batch(batch)
+        with torch.inference_mode():
+            outputs = self.runner(torch.from_numpy(batch))
+        return tuple(output.numpy() for output in outputs)
+
+
+def load_backend(runtime: str, path: str | Path, threads: int | None = None) -> OnnxRuntimeBackend | OpenVINOBackend | Pt2Backend:
     """``runtime`` in ``RUNTIMES`` running the exported model at ``path``."""
     if runtime == "onnxruntime":
         return OnnxRuntimeBackend(path, threads)
     if runtime == "openvino":
         return OpenVINOBackend(path, threads)
+    if runtime == "pt2":
+        return Pt2Backend(path, threads)
     raise ValueError(f"unknown runtime {runtime!r}; choose one of {RUNTIMES} (or torch for the checkpoint)")

@@ -2,7 +2,7 @@
 
 This is the one place where the resize rule lives (docs/contracts.md): the data pipeline hands
 over images at their own resolution, and detections come back in that resolution's pixels. The
-data pipeline's optional resize and the anchor coverage tool use the same rule (``resize_scale``).
+data pipeline's optional resize and the anchor coverage tool use the same rule (``resized_size``).
 
 Shape shorthand: N images, (h_i, w_i) an input image, (h'_i, w'_i) after resizing, (H, W) padded.
 """
@@ -24,23 +24,22 @@ def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float
 
 
 def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """The (h', w') the model resizes a (height, width) image to: ``floor(side * scale)``, which is
-    what ``F.interpolate(scale_factor=scale, recompute_scale_factor=True)`` produces."""
-    scale = resize_scale(height, width, min_size, max_size)
-    if scale == 1.0:
-        return height, width
-    return int(math.floor(height * scale)), int(math.floor(width * scale))
+    """The (h', w') the model resizes a (height, width) image to: ``floor(side * scale)`` with the
+    scale of ``resize_scale`` taken as the exact fraction ``min_size / short`` or ``max_size / long``,
+    in integers. A float product can land just below the integer it should be (600 / 333 * 333 is
+    599.99... in double), which would leave the governing side a pixel short, and differently so in
+    float32 and float64 (an exported graph, OpenVINO): integers make the size the same everywhere.
+    Each side takes the smaller of its two candidates: the smaller scale is the same for both."""
+    short, long = min(height, width), max(height, width)
+    return tuple(min(side * min_size // short, side * max_size // long) for side in (height, width))
 
 
 def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
-    """(3, h, w) -> (3, h', w') by ``resize_scale`` (bilinear, sizes as ``resized_size``); the image
-    itself when the scale is 1."""
-    scale = resize_scale(image.shape[-2], image.shape[-1], min_size, max_size)
-    if scale == 1.0:
+    """(3, h, w) -> (3, h', w'), bilinear, to ``resized_size``; the image itself when that is its size."""
+    size = resized_size(image.shape[-2], image.shape[-1], min_size, max_size)
+    if size == tuple(image.shape[-2:]):
         return image
-    return F.interpolate(
-        image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
-    )[0]
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 @dataclass

@@ -16,7 +16,7 @@ import time
 
 from lightning import Callback, LightningModule, Trainer
 
-from frcnn.layers.training_rewrite import optimize_for_training, restore_training_rewrite
+from frcnn.layers.training_rewrite import FrozenBNConv2d, optimize_for_training, restore_training_rewrite
 from frcnn.modeling.compile import compile_for_training, uncompile
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class TrainingSpeed(Callback):
         compile_dynamic: the recompilation policy for varying image sizes (``frcnn.modeling.compile``:
             None = automatic dynamic, True, False).
         compile_mode: ``torch.compile``'s ``mode`` (None, "max-autotune", ...).
+        compile_backend: ``torch.compile``'s ``backend`` ("inductor"; the tests use "aot_eager").
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class TrainingSpeed(Callback):
         compile: bool = False,
         compile_dynamic: bool | None = None,
         compile_mode: str | None = None,
+        compile_backend: str = "inductor",
     ) -> None:
         self.enabled = enabled
         self.fold_frozen_bn = fold_frozen_bn
@@ -52,6 +54,8 @@ class TrainingSpeed(Callback):
         self.compile = compile
         self.compile_dynamic = compile_dynamic
         self.compile_mode = compile_mode
+        self.compile_backend = compile_backend
+        self.folded = 0  # conv -> frozen BatchNorm pairs folded in this fit (0 when off)
         self._applied = False
         self._fit_start = 0.0
 
@@ -64,11 +68,13 @@ class TrainingSpeed(Callback):
                                   sparse_rpn_backward=self.sparse_rpn_backward)
             return
         optimize_for_training(model, self.fold_frozen_bn, self.channels_last, self.sparse_rpn_backward)
+        self.folded = sum(isinstance(m, FrozenBNConv2d) for m in model.modules())
         if self.compile:
-            compile_for_training(model, dynamic=self.compile_dynamic, mode=self.compile_mode)
+            compile_for_training(model, dynamic=self.compile_dynamic, mode=self.compile_mode,
+                                 backend=self.compile_backend)
         self._applied = True
-        log.info("training speed-ups: fold_frozen_bn=%s channels_last=%s sparse_rpn_backward=%s compile=%s",
-                 self.fold_frozen_bn, self.channels_last, self.sparse_rpn_backward, self.compile)
+        log.info("training speed-ups: %d frozen BatchNorm folded, channels_last=%s sparse_rpn_backward=%s compile=%s",
+                 self.folded, self.channels_last, self.sparse_rpn_backward, self.compile)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._fit_start = time.perf_counter()

@@ -1,12 +1,15 @@
-"""The training rewrite (frozen BatchNorm folded at forward time, channels-last) against the model
-as built: the same outputs and gradients (torchvision's ResNet-18 with frozen BatchNorm, the first
-stages frozen as in fine-tuning), the same state-dict keys and values, loading and restoring, and
-the inference rewrite on top of it."""
+"""The training rewrite (frozen BatchNorm folded at forward time, channels-last, the sparse RPN
+backward) against the model as built: the same outputs and gradients (torchvision's ResNet-18 with
+frozen BatchNorm, the first stages frozen as in fine-tuning; a ResNet-18 C4 detector's training
+step), the same state-dict keys and values, loading and restoring, and the inference rewrite on
+top of it."""
 
 from __future__ import annotations
 
 import copy
+from functools import partial
 
+import pytest
 import torch
 from torch import nn
 from torch.testing import assert_close
@@ -20,6 +23,16 @@ from frcnn.layers.training_rewrite import (
     optimize_for_training,
     restore_training_rewrite,
 )
+from frcnn.modeling import FasterRCNN
+from frcnn.modeling.backbone import build_backbone
+from frcnn.modeling.roi_heads import RoIHeads
+from frcnn.modeling.roi_heads.box_head import FCHead
+from frcnn.modeling.roi_heads.poolers import RoIPooler
+from frcnn.modeling.transform import InputTransform
+
+from .builders import small_rpn
+from .synthetic import batch
+from .test_compile import step
 
 
 def frozen_resnet18() -> nn.Module:
@@ -103,3 +116,41 @@ def test_inference_rewrite_of_a_training_rewritten_model_folds_once():
         expected = plain(x)
         got = optimize_for_inference(optimize_for_training(copy.deepcopy(plain)))(x)
     assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def resnet18_detector():
+    """A ResNet-18 C4 Faster R-CNN (frozen BatchNorm of varied statistics, stem + layer1 frozen),
+    with the small test RPN and heads: a detector whose trunk the fold rewrites."""
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="frozen_bn=True without pretrained weights"):
+        backbone = build_backbone("resnet18", trainable_layers=3)
+    g = torch.Generator().manual_seed(1)
+    for m in backbone.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            C = m.weight.shape[0]
+            m.weight.copy_(0.5 + torch.rand(C, generator=g))
+            m.bias.copy_(0.2 * torch.randn(C, generator=g))
+            m.running_mean.copy_(0.1 * torch.randn(C, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(C, generator=g))
+    return FasterRCNN(
+        backbone, 2, rpn=small_rpn(),
+        roi_heads=partial(RoIHeads, pooler=RoIPooler("roi_align", 7), box_head=partial(FCHead, hidden_dim=128),
+                          generator=torch.Generator().manual_seed(1)),
+        transform=partial(InputTransform, 128, 128),
+    )
+
+
+def test_rewritten_detector_training_step_equals_the_plain_step():
+    """Losses within 1e-5 relative, every gradient within 1e-4 of its tensor's largest entry: the
+    fold and channels-last reorder the convolutions' float sums, the sparse RPN backward its own."""
+    plain = resnet18_detector().train()
+    rewritten = optimize_for_training(copy.deepcopy(plain))
+    assert sum(isinstance(m, FrozenBNConv2d) for m in rewritten.modules()) == 15  # stem, layer1..3
+    images, targets = batch(2)
+    expected_losses, expected_grads = step(plain, images, targets)
+    got_losses, got_grads = step(rewritten, images, targets)
+    for name, value in expected_losses.items():
+        assert_close(got_losses[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    assert got_grads.keys() == expected_grads.keys() and "backbone.body.layer2.0.conv1.weight" in got_grads
+    for name, grad in expected_grads.items():
+        assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-4 * grad.abs().max().item(), msg=name)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -111,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     gemm = GemmRate(device)
 
     sections = []
-    start = time.perf_counter()
+    start, load_before = time.perf_counter(), os.getloadavg()[0]
     for name in args.configs:
         print(f"{name}: building", flush=True)
         pair = CONFIGS[name](settings)
@@ -124,14 +125,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = " ".join([".venv/bin/python", *sys.argv])
     method = METHOD.format(rewrite=REWRITE if args.inference_rewrite else ", ours without the inference rewrite",
                            minutes=(time.perf_counter() - start) / 60, training=training_method(args))
+    section = SECTION + (", compiled training" if args.compile else "")  # its own section: both are kept
     markdown = "\n".join([
-        SECTION, "",
+        section, "",
         f"{datetime.date.today().isoformat()}, `{command}`, {machine(device)}. Timings interleaved, medians and "
-        "the CPU-time cross-check, as the machine may be shared.", "",
+        f"the CPU-time cross-check, as the machine may be shared: load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after.", "",
         method, "", "\n\n".join(sections), "",
     ])
     if args.record:
-        record(SECTION, markdown)
+        record(section, markdown)
 
 
 if __name__ == "__main__":

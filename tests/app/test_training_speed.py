@@ -63,6 +63,7 @@ def test_resume_from_a_folded_checkpoint(folded_run, tmp_path, data_dir):
     assert torch.isfinite(metrics["train/loss"])
 
 
+@pytest.mark.slow  # two more fits (~20 s); tests/model/test_compile.py checks compiled steps in CI
 def test_compiled_fit_logs_the_eager_fits_losses(tmp_path, data_dir):
     """Two 2-step fits from the same seed, eager and compiled: the logged losses agree within
     1e-5 relative (the compiled graph reorders float sums)."""

@@ -61,8 +61,12 @@ def images() -> list[torch.Tensor]:
 
 @pytest.fixture(
     scope="module",
-    params=[("resnet50_fpn", False), ("mobilenet_v3_large_fpn", False), ("resnet50_fpn", True)],
-    ids=["resnet50_fpn", "mobilenet_v3_large_fpn", "resnet50_fpn-training_rewrite"],
+    params=[
+        pytest.param(("resnet50_fpn", False), id="resnet50_fpn"),
+        pytest.param(("mobilenet_v3_large_fpn", False), id="mobilenet_v3_large_fpn"),
+        # ~30 CPU-seconds more; the fast tests cover the rewrite on ResNet-18 (tests/model/test_training_rewrite.py)
+        pytest.param(("resnet50_fpn", True), id="resnet50_fpn-training_rewrite", marks=pytest.mark.slow),
+    ],
 )
 def pair(request):
     """torchvision's model and ours with its weights; ``training_rewrite``: both with frozen

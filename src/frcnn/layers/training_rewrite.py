@@ -22,11 +22,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from frcnn.layers.batchnorm import conv_bn_pairs
+from frcnn.layers.folded_conv import scaled_weight_conv2d
 
 
 class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
@@ -66,10 +66,10 @@ class FrozenBNConv2d(nn.Conv2d):
         scale = bn.weight * (bn.running_var + bn.eps).rsqrt()  # (C_out,), FrozenBatchNorm2d's formula
         shift = bn.bias - bn.running_mean * scale
         bias = shift if self.bias is None else self.bias * scale + shift
-        weight = self.weight * scale.reshape(-1, 1, 1, 1).to(self.weight.dtype)
         if self.padding_mode != "zeros":
-            return super()._conv_forward(x, weight, bias)
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+            return super()._conv_forward(x, self.weight * scale.reshape(-1, 1, 1, 1).to(self.weight.dtype), bias)
+        # the folded weight is not kept for the backward (frcnn.layers.folded_conv): no memory over the plain pair
+        return scaled_weight_conv2d(x, self.weight, scale, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def unfolded(self) -> nn.Conv2d:
         return _conv_like(nn.Conv2d, self)

@@ -17,6 +17,7 @@ Target: the best runtime >= 1.5x the rewritten eager model's images/s at batch 4
 
     .venv/bin/python bench/export.py --record                       # all models, 7 rounds
     .venv/bin/python bench/export.py --models raccoon_480 --rounds 3   # quick
+    .venv/bin/python bench/export.py --rounds 3 --pt2 raccoon_480       # pt2 for one model only
 """
 
 from __future__ import annotations
@@ -141,17 +142,19 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--pt2", action="store_true", help="also compile and time format=pt2 (minutes per model)")
+    parser.add_argument("--pt2", nargs="*", default=None, metavar="MODEL",
+                        help="also compile and time format=pt2 (minutes per model): for these models, or all without names")
     parser.add_argument("--record", action="store_true", help="write the tables into bench/README.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
         results = []
         for name in args.models:
-            results.append(bench_model(name, args.rounds, args.threads, Path(folder), args.pt2))
+            pt2 = args.pt2 is not None and (not args.pt2 or name in args.pt2)
+            results.append(bench_model(name, args.rounds, args.threads, Path(folder), pt2))
             print(table(results[-1]), flush=True)
     command = (f"python bench/export.py --models {' '.join(args.models)} --rounds {args.rounds} --threads {args.threads}"
-               + (" --pt2" if args.pt2 else ""))
+               + ("" if args.pt2 is None else " --pt2" + "".join(f" {m}" for m in args.pt2)))
     text = "\n\n".join(
         [f"## Export\n\n{datetime.date.today()}, `{command}`, {machine(torch.device('cpu'))}, {args.threads} threads "
          "for every runner. Medians over interleaved rounds; outputs checked equal to the rewritten eager model first.",

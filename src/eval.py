@@ -18,9 +18,11 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from frcnn.app.build import ConfigError  # noqa: E402
 from frcnn.app.checkpoint import inference_module  # noqa: E402
+from frcnn.app.errors import report_errors  # noqa: E402
 from frcnn.app.instantiate import finish_loggers, instantiate_loggers, log_hyperparameters, print_config  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -31,10 +33,14 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     module = inference_module(cfg)
     data_config = cfg.get("data") or module.hparams.get("data_config")
     if not data_config:
-        raise ValueError(f"{cfg.ckpt_path} carries no data config: pass data=<name>")
+        raise ConfigError(f"{cfg.ckpt_path} carries no data config: pass data=<name>")
+    data_config = OmegaConf.to_container(data_config, resolve=True) if isinstance(data_config, DictConfig) else dict(data_config)
+    if cfg.get("on_bad_image") is not None:
+        data_config["on_bad_image"] = cfg.on_bad_image
+    data_config["bad_image_log"] = str(Path(cfg.paths.output_dir) / "bad_images.tsv")  # this run's, not training's
     datamodule: L.LightningDataModule = hydra.utils.instantiate(data_config, _convert_="all")
     if list(datamodule.class_names) != module.class_names:
-        raise ValueError(
+        raise ConfigError(
             f"{cfg.ckpt_path} was trained on classes {module.class_names}; data <{data_config['_target_']}> has "
             f"{list(datamodule.class_names)}. Pick the matching data=..."
         )
@@ -47,7 +53,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         elif cfg.split == "test":
             trainer.test(module, datamodule=datamodule)
         else:
-            raise ValueError(f"split must be 'val' or 'test', got {cfg.split!r}")
+            raise ConfigError(f"split must be 'val' or 'test', got split={cfg.split!r}")
     finally:
         finish_loggers(trainer)
     evaluator = module.evaluators[cfg.split]
@@ -60,7 +66,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 def main(cfg: DictConfig) -> None:
     if cfg.get("print_config"):
         print_config(cfg)
-    evaluate(cfg)
+    report_errors(evaluate, cfg)  # a failure the user can fix: one block, no stack trace
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from lightning import seed_everything  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from frcnn.app.checkpoint import load_checkpoint, module_from_checkpoint  # noqa: E402
+from frcnn.app.errors import report_errors  # noqa: E402
 from frcnn.app.instantiate import print_config  # noqa: E402
 from frcnn.export.graph import ExportError  # noqa: E402
 
@@ -77,11 +78,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     if cfg.get("print_config"):
         print_config(cfg)
-    try:
-        export(cfg)
-    except ExportError as error:  # one clear line, not a stack trace
-        log.error("%s", error)
-        raise SystemExit(f"export failed: {error}") from None
+    report_errors(export, cfg)  # ExportError, a bad checkpoint...: one block, no stack trace
 
 
 if __name__ == "__main__":

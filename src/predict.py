@@ -30,11 +30,15 @@ from torchvision.io import write_png  # noqa: E402
 from frcnn.api.backend import TorchBackend, default_device  # noqa: E402
 from frcnn.api.detector import Detector  # noqa: E402
 from frcnn.api.filters import kept_labels, select  # noqa: E402
+from frcnn.app.build import ConfigError  # noqa: E402
 from frcnn.app.checkpoint import inference_module  # noqa: E402
 from frcnn.app.draw import draw_detections  # noqa: E402
+from frcnn.app.errors import report_errors  # noqa: E402
 from frcnn.app.predict_io import ImageFiles, coco_results, collate_images, find_images, write_json  # noqa: E402
 from frcnn.app.runtime import setup_runtime  # noqa: E402
 from frcnn.app.video import is_video, predict_video  # noqa: E402
+from frcnn.data import Problem  # noqa: E402
+from frcnn.data.bad_images import BadImageLog  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +48,19 @@ def exported_backend(cfg: DictConfig):
     from frcnn.export.runtimes import load_backend
 
     if not cfg.get("model_path"):
-        raise ValueError(f"runtime={cfg.runtime} runs an exported model: pass model_path=<file.onnx> (src/export.py)")
+        raise ConfigError(f"runtime={cfg.runtime} runs an exported model: pass model_path=<file.onnx> (src/export.py)")
     setup_runtime(cfg)
     return load_backend(cfg.runtime, cfg.model_path, cfg.get("threads"))
+
+
+def skip_bad_images(raw: list[dict], log_file: Path) -> list[dict]:
+    """on_bad_image=skip: the predictions of images that could not be read left out, listed, counted."""
+    bad = [Problem(pred["file_name"], pred["bad_image"]) for pred in raw if "bad_image" in pred]
+    if bad:
+        BadImageLog(log_file).record("predict", bad)
+        log.warning("%d of %d images skipped (on_bad_image=skip), listed in %s; first: %s", len(bad), len(raw),
+                    log_file, bad[0])
+    return [pred for pred in raw if "bad_image" not in pred]
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -61,17 +75,18 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         return predict_video(Detector(backend, batch_size=cfg.batch_size), cfg.input, cfg.output_dir, cfg.batch_size,
                              min_score, labels, cfg.get("draw", True), cfg.draw_score_threshold)
     files = find_images(cfg.input)
-    dataset = ImageFiles(files)
+    dataset = ImageFiles(files, cfg.get("on_bad_image", "error"))
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate_images)
     if exported:
         raw = [{**det, **meta} for images, metas in loader for det, meta in zip(source(images), metas)]
     else:
         trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
         raw = [pred for batch in trainer.predict(source, dataloaders=loader) for pred in batch]
+    output_dir = Path(cfg.output_dir)
+    raw = skip_bad_images(raw, output_dir / "bad_images.tsv")
     predictions = [{**pred, **select({key: pred[key] for key in ("boxes", "scores", "labels")}, min_score, None, labels)}
                    for pred in raw]
 
-    output_dir = Path(cfg.output_dir)
     results = coco_results(predictions, source.class_names, source.label_to_category_id)
     json_path = write_json(output_dir / "detections.json", results)
     images = []
@@ -91,7 +106,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict.yaml")
 def main(cfg: DictConfig) -> None:
-    predict(cfg)
+    report_errors(predict, cfg)  # a failure the user can fix: one block, no stack trace
 
 
 if __name__ == "__main__":

@@ -70,7 +70,9 @@ def serve(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="serve.yaml")
 def main(cfg: DictConfig) -> None:
-    serve(cfg)
+    from frcnn.app.errors import report_errors
+
+    report_errors(serve, cfg)  # a bad checkpoint, no GPU...: one block, no stack trace
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ shapes, on the CPU). Examples::
     python src/train.py ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt   # resume
 
 Seeds everything, builds data, detector, module, callbacks, loggers and trainer from the config,
-fits, tests on the best checkpoint, and returns ``optimized_metric`` for Hydra sweeps.
+fits, tests on the best checkpoint (or the final step's, without validation), and returns
+``optimized_metric`` for Hydra sweeps. However the fit ends (max_steps, early stopping, SIGTERM,
+Ctrl-C, an error) ``last.ckpt`` holds its final step; errors the user can fix print one block
+(``frcnn.app.errors``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from frcnn.app import wandb_callback  # noqa: E402
 from frcnn.app.build import build_model  # noqa: E402
+from frcnn.app.callbacks import LastCheckpoint  # noqa: E402
 from frcnn.app.distributed import distributed_job  # noqa: E402
+from frcnn.app.errors import report_errors  # noqa: E402
 from frcnn.app.instantiate import (  # noqa: E402
     finish_loggers,
     instantiate_callbacks,
@@ -41,6 +46,25 @@ from frcnn.app.instantiate import (  # noqa: E402
 from frcnn.app.runtime import setup_runtime  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+
+def checkpoint_to_test(cfg: DictConfig, trainer: L.Trainer) -> str:
+    """The weights to test, said in the log: after training, the best checkpoint by val/map, else
+    (no validation ran) last.ckpt, the final step's; without training, ``ckpt_path``."""
+    if not cfg.get("train"):
+        return cfg.get("ckpt_path") or ""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        log.info("testing the best checkpoint by val/map: %s", best)
+        return best
+    last = next((c.last_model_path for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), "")
+    if last:
+        log.warning("no best checkpoint (no validation ran): testing the final step's weights, %s (global step %d)",
+                    last, trainer.global_step)
+        return last
+    log.warning("no checkpoint written (checkpointing off): testing the weights in memory (global step %d)",
+                trainer.global_step)
+    return ""
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -79,13 +103,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                 trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
             metrics = dict(trainer.callback_metrics)
             if cfg.get("test"):
-                # After training: its best checkpoint by val/map. Without training: ckpt_path.
-                if cfg.get("train"):
-                    ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-                else:
-                    ckpt = cfg.get("ckpt_path") or ""
-                if not ckpt:
-                    log.warning("no best checkpoint (checkpointing off or no validation): testing the current weights")
+                ckpt = checkpoint_to_test(cfg, trainer)
                 trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=True)
                 metrics.update(trainer.callback_metrics)
                 log.info("tested checkpoint: %s", ckpt or "-")
@@ -98,7 +116,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 def main(cfg: DictConfig) -> float | None:
     if cfg.get("print_config"):
         print_config(cfg)
-    metrics, _ = train(cfg)
+    metrics, _ = report_errors(train, cfg)  # a failure the user can fix: one block, no stack trace
     return metric_value(metrics, cfg.get("optimized_metric"))
 
 

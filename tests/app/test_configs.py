@@ -76,8 +76,8 @@ def test_callbacks(tmp_path):
     """The default set (composed), and every single-callback file on its own."""
     cfg = compose_config("train", tmp_path, [])
     names = {type(c).__name__ for c in instantiate_callbacks(cfg.callbacks)}
-    assert names == {"ModelCheckpoint", "RichModelSummary", "RichProgressBar", "NonFiniteLossGuard",
-                     "ValidationImages", "PerClassAPTable", "ValidationPlots"}
+    assert names == {"ModelCheckpoint", "LastCheckpoint", "Preemption", "ResumeState", "RichModelSummary",
+                     "RichProgressBar", "NonFiniteLossGuard", "ValidationImages", "PerClassAPTable", "ValidationPlots"}
     for name in set(options("callbacks")) - {"default", "none"}:
         node = OmegaConf.load(CONF_DIR / "callbacks" / f"{name}.yaml")
         single = OmegaConf.merge({"paths": cfg.paths}, {"callbacks": node})  # resolves ${paths.*}

@@ -121,3 +121,38 @@ def test_ddp_sim_eval_gives_the_single_process_map(checkpoint, tmp_path):
     # Rank 0 alone prints COCO's full summary (mAR@1/10, AP50 per class...): the single process's, to the digit.
     assert proc.stdout.count(f"{ckpt} on the val split:") == 1
     assert evaluator.summary() in proc.stdout
+
+
+def test_two_nodes_on_loopback_give_the_single_process_map(checkpoint, tmp_path):
+    """trainer.num_nodes=2, one process per node (NODE_RANK 0 and 1, MASTER_ADDR=127.0.0.1, gloo), as
+    two machines would run it; docs/reliability.md has the SLURM command for a real cluster."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.app.helpers import ROOT, script_env
+
+    data_dir, ckpt = checkpoint
+    cfg = compose_config("eval", tmp_path / "single", [*eval_overrides(data_dir, ckpt),
+                                                       "trainer.accelerator=cpu", "trainer.devices=1"])
+    metrics, _ = script("eval").evaluate(cfg)
+    single = {key: float(metrics[key]) for key in METRIC_KEYS}
+
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    procs = []
+    for node in (0, 1):
+        env = dict(script_env(), NODE_RANK=str(node), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        args = [*eval_overrides(data_dir, ckpt), "trainer=ddp_sim", "trainer.devices=1", "trainer.num_nodes=2",
+                f"hydra.run.dir={tmp_path / f'node{node}'}"]
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "src" / "eval.py"), *args], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == 0, output[-4000:]
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in outputs[0] and "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[1]
+    rows = read_metrics_csv(tmp_path / "node0" / "csv" / "version_0" / "metrics.csv")  # global rank 0 logs
+    for key in METRIC_KEYS:
+        ((_, value),) = column(rows, key)
+        assert value == single[key] or (math.isnan(value) and math.isnan(single[key])), (key, value, single[key])

@@ -75,7 +75,10 @@ def test_migration_gives_todays_config(name):
         migrated["roi_heads"]["pooler"].setdefault("aligned", True)
     assert migrated == today
     assert migrate(today) == today
-    assert migrate(_relocated(stored["data_config"])) == OmegaConf.to_container(cfg.data, resolve=True)
+    data_today = OmegaConf.to_container(cfg.data, resolve=True)
+    for key in ("on_bad_image", "bad_image_log"):  # written out since: the DataModule's defaults before
+        data_today.pop(key)
+    assert migrate(_relocated(stored["data_config"])) == data_today
 
 
 def test_old_checkpoint_predicts_what_it_predicted(tmp_path):

@@ -144,7 +144,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
         script("train").train(cfg)
     assert "last.ckpt" in str(error.value)
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    assert checkpoint["global_step"] == 2  # the end of epoch 0: the last good state
+    # written at the failure (LastCheckpoint.on_exception): the 3 good steps, not the poisoned one's update
+    assert checkpoint["global_step"] == 3
     assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
 
 

@@ -1,6 +1,6 @@
 """One training step of each model family on CUDA against the same step on the CPU (same weights,
 same batch, same sampling: the samplers draw from a CPU generator), and the default run's config for
-50 steps with trainer=gpu."""
+50 steps with trainer=gpu, in float32 and bf16-mixed."""
 
 from __future__ import annotations
 
@@ -61,14 +61,21 @@ def test_one_training_step_equals_the_cpu(cuda, family):
         assert_close(gpu_grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
-def test_default_run_config_for_50_steps_on_the_gpu(cuda, tmp_path, data_dir):
+VARIANTS = {  # name -> overrides on top of the default run's config
+    "fp32": [],
+    "bf16_mixed": ["trainer.precision=bf16-mixed"],
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_default_run_config_for_50_steps_on_the_gpu(cuda, tmp_path, data_dir, variant):
     from tests.app.helpers import compose_config, read_metrics_csv, script, tiny_overrides
 
     overrides = [o for o in tiny_overrides(data_dir) if not o.startswith(("trainer.accelerator", "trainer.devices",
                                                                            "trainer.limit_train_batches"))]
     trainer = "trainer=gpu" if cuda.type == "cuda" else "trainer=cpu"  # cpu: FRCNN_CUDA_TESTS_ON=cpu
     cfg = compose_config("train", tmp_path, [*overrides, trainer, "trainer.max_steps=50", "trainer.max_epochs=20",
-                                             "test=false"])
+                                             "test=false", *VARIANTS[variant]])
     metrics, objects = script("train").train(cfg)
     assert objects["trainer"].global_step == 50
     assert next(objects["module"].parameters()).device.type == cuda.type

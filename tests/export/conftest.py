@@ -18,7 +18,7 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, data_dir):  # noqa: F811
-    """A train.py checkpoint (tiny backbone, the seed's crop-and-resize model, 2 steps on shapes)
+    """A train.py checkpoint (the default run's model: tiny backbone, RoIAlign; 2 steps on shapes)
     whose RPN head and box predictor are then redrawn so that scores spread out; written back in
     the same format (Lightning's checkpoint dict, only the weights changed)."""
     out = tmp_path_factory.mktemp("export_train")

@@ -77,7 +77,7 @@ def _export_cfg(tmp_path, ckpt, output):
 def test_a_checkpoint_that_is_not_ours(tmp_path):
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
-    with pytest.raises(ExportError, match="foreign.ckpt: no model_config .*not a DetectionModule checkpoint"):
+    with pytest.raises(ExportError, match="foreign.ckpt is not a checkpoint of this project"):
         script("export").export(_export_cfg(tmp_path / "a", foreign, tmp_path / "m.onnx"))
     with pytest.raises(ExportError, match="checkpoint not found"):
         script("export").export(_export_cfg(tmp_path / "b", tmp_path / "missing.ckpt", tmp_path / "m.onnx"))

@@ -50,21 +50,51 @@ def test_pooler_roi_align_matches_torchvision():
     assert_close(out, ref)
 
 
+def _random_rois(g: torch.Generator, n: int = 40) -> torch.Tensor:
+    xy = torch.rand(n, 2, generator=g) * 200 - 20  # some RoIs start outside the map
+    wh = torch.rand(n, 2, generator=g) * 120 + 0.5
+    return torch.cat((torch.randint(0, 2, (n, 1), generator=g).float(), xy, xy + wh), dim=1)
+
+
+# "torchvision" is the kernel CUDA picks: run here on CPU tensors, with our separable backward
+@pytest.mark.parametrize("kernel", ["sparse", "torchvision"])
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("sampling_ratio", [1, 2, 3])
-def test_roi_align_equals_torchvision_in_value_and_gradient(aligned, sampling_ratio):
+def test_roi_align_equals_torchvision_in_value_and_gradient(aligned, sampling_ratio, kernel):
     g = torch.Generator().manual_seed(sampling_ratio)
     features = torch.randn(2, 5, 9, 12, generator=g, requires_grad=True)
-    xy = torch.rand(40, 2, generator=g) * 200 - 20  # some RoIs start outside the map
-    wh = torch.rand(40, 2, generator=g) * 120 + 0.5
-    rois = torch.cat((torch.randint(0, 2, (40, 1), generator=g).float(), xy, xy + wh), dim=1)
-    ours = roi_align(features, rois, 7, 1 / 16, sampling_ratio, aligned)
+    rois = _random_rois(g)
+    ours = roi_align(features, rois, 7, 1 / 16, sampling_ratio, aligned, kernel=kernel)
     theirs = tv_roi_align(features, rois, (7, 7), 1 / 16, sampling_ratio, aligned)
     assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     weights = torch.randn(ours.shape, generator=g)
     (grad_ours,) = torch.autograd.grad((ours * weights).sum(), features)
     (grad_theirs,) = torch.autograd.grad((theirs * weights).sum(), features)
     assert_close(grad_ours, grad_theirs, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["sparse", "torchvision"])
+def test_roi_align_in_bfloat16_samples_in_float32(kernel):
+    """bfloat16 features (autocast): both kernels sample in float32 and round once, so the value is
+    float32 RoIAlign of the same features within bfloat16's rounding (2^-9 relative, with float32
+    sums in either order), and the gradient comes back in bfloat16."""
+    g = torch.Generator().manual_seed(7)
+    features = torch.randn(2, 5, 9, 12, generator=g).bfloat16().requires_grad_()
+    rois = _random_rois(g)
+    out = roi_align(features, rois, 7, 1 / 16, 2, True, kernel=kernel)
+    reference = tv_roi_align(features.detach().float(), rois, (7, 7), 1 / 16, 2, True)
+    assert out.dtype == torch.bfloat16
+    assert_close(out.float(), reference, atol=1e-5, rtol=2**-8)  # float32 sums in another order: a tie may round up
+    (grad,) = torch.autograd.grad(out.float().sum(), features)
+    full = features.detach().float().requires_grad_()
+    (grad_reference,) = torch.autograd.grad(tv_roi_align(full, rois, (7, 7), 1 / 16, 2, True).sum(), full)
+    assert grad.dtype == torch.bfloat16
+    assert_close(grad.float(), grad_reference, atol=1e-5, rtol=2**-8)  # accumulated in float32, rounded once
+
+
+def test_roi_align_refuses_an_unknown_kernel():
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        roi_align(torch.zeros(1, 1, 4, 4), torch.tensor([[0.0, 0, 0, 2, 2]]), 2, 1.0, 1, True, kernel="cuda")
 
 
 def test_crop_and_resize_gradient_equals_finite_differences():

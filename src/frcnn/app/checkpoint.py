@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-from frcnn.app.build import build_model
+from frcnn.app.build import ConfigError, build_model
+from frcnn.app.checkpoint_file import CheckpointError, read_checkpoint
 from frcnn.app.legacy import migrate
 from frcnn.app.runtime import setup_runtime
 
@@ -17,19 +18,11 @@ from frcnn.app.runtime import setup_runtime
 def load_checkpoint(path: str | Path) -> dict:
     """``torch.load(weights_only=True)``: tensors and plain containers only, nothing is unpickled.
 
-    Our checkpoints (``DetectionModule`` + Lightning's loop state) hold nothing else. A file that
-    needs arbitrary unpickling is refused with the reason, never executed.
+    Our checkpoints (``DetectionModule`` + Lightning's loop state) hold nothing else. A file that is
+    missing, empty, truncated, not ours or from a newer version raises a ``CheckpointError`` that says
+    which (``frcnn.app.checkpoint_file.read_checkpoint``); one that needs unpickling is never executed.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError / RuntimeError
-        raise ValueError(
-            f"{path} is not a plain checkpoint (torch.load(weights_only=True) refused it: {error}). "
-            "Only load files you trust; this tool never unpickles arbitrary objects."
-        ) from error
+    return read_checkpoint(path)
 
 
 def model_config_for_loading(model_config: Mapping) -> dict:
@@ -51,18 +44,23 @@ def module_from_checkpoint(path: str | Path):
     from frcnn.app.module import DetectionModule
 
     checkpoint = load_checkpoint(path)
-    hparams = checkpoint.get("hyper_parameters") or {}
-    if "model_config" not in hparams or not hparams["model_config"]:
-        raise ValueError(f"{path}: no model_config in the checkpoint's hyper_parameters (not a DetectionModule checkpoint?)")
-    model = build_model(model_config_for_loading(hparams["model_config"]))
-    module = DetectionModule(
-        model,
-        class_names=hparams["class_names"],
-        label_to_category_id=hparams["label_to_category_id"],
-        model_config=migrate(hparams["model_config"]),
-        data_config=migrate(hparams.get("data_config")),
-    )
-    module.load_state_dict(checkpoint["state_dict"])
+    hparams = checkpoint["hyper_parameters"]
+    try:  # a checkpoint of ours that this code cannot rebuild: another (incompatible) version wrote it
+        model = build_model(model_config_for_loading(hparams["model_config"]))
+        module = DetectionModule(
+            model,
+            class_names=hparams["class_names"],
+            label_to_category_id=hparams["label_to_category_id"],
+            model_config=migrate(hparams["model_config"]),
+            data_config=migrate(hparams.get("data_config")),
+        )
+        module.load_state_dict(checkpoint["state_dict"])
+    except (ConfigError, InstantiationException, KeyError, TypeError, ValueError, RuntimeError, ImportError) as error:
+        lines = str(error).strip().splitlines()
+        raise CheckpointError(
+            f"{path} was written by an incompatible version of this project: this version cannot rebuild its "
+            f"detector ({type(error).__name__}: {' '.join(lines[:6])[:600]}). Use the code that trained it, or retrain"
+        ) from error
     return module
 
 

@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from frcnn.app.checkpoint_file import CHECKPOINT_FORMAT, FORMAT_KEY
 from frcnn.app.optim import build_optimizer
 from frcnn.evaluation import COCOEvaluator
 
@@ -183,6 +184,9 @@ class DetectionModule(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[FORMAT_KEY] = CHECKPOINT_FORMAT  # a reader refuses formats newer than its own, by name
 
     # --- prediction ---------------------------------------------------------------------------
 

@@ -12,10 +12,12 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from frcnn.data import image_to_tensor, read_image
+from frcnn.data import DataError, ImageDecodeError, image_to_tensor, read_image
+from frcnn.data.bad_images import check_policy
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -34,17 +36,29 @@ def find_images(path: str | Path) -> list[Path]:
 
 
 class ImageFiles(Dataset):
-    """``dataset[i] -> (image (3, H, W) float32 in [0, 1], {"image_id": i, "file_name": str})``."""
+    """``dataset[i] -> (image (3, H, W) float32 in [0, 1], {"image_id": i, "file_name": str})``.
 
-    def __init__(self, files: Sequence[Path]) -> None:
+    A file that cannot be decoded raises a ``DataError`` naming it; with ``on_bad_image="skip"`` it
+    gives a blank 32x32 placeholder and ``"bad_image": <reason>`` in its dict instead, for the caller
+    to leave its detections out (``frcnn.data.bad_images``).
+    """
+
+    def __init__(self, files: Sequence[Path], on_bad_image: str = "error") -> None:
         self.files = list(files)
+        self.on_bad_image = check_policy(on_bad_image)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict]:
-        pixels, _ = read_image(self.files[index])  # (H, W, 3) uint8, EXIF-oriented
-        return image_to_tensor(pixels), {"image_id": index, "file_name": str(self.files[index])}
+        meta = {"image_id": index, "file_name": str(self.files[index])}
+        try:
+            pixels, _ = read_image(self.files[index])  # (H, W, 3) uint8, EXIF-oriented
+        except ImageDecodeError as error:
+            if self.on_bad_image == "error":
+                raise DataError(f"{error}. To predict the other images: on_bad_image=skip") from error
+            return torch.zeros(3, 32, 32), {**meta, "bad_image": str(error)}
+        return image_to_tensor(pixels), meta
 
 
 def collate_images(batch: Sequence[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:

@@ -7,8 +7,8 @@ checkpoint of a W&B run always knows its run, whatever the ``callbacks`` config 
   W&B's history step, the global step, the offline run folder, and the metrics of that moment
   (``trainer.callback_metrics``), so an artifact's metadata describes exactly its own file.
 - With ``log_model``, at the end of fit: the best checkpoint (the first ``ModelCheckpoint`` with a
-  ``monitor``) with alias ``best`` and the last one (a ``save_last`` file, else the newest file of a
-  ``ModelCheckpoint`` without ``monitor``) with alias ``last``, as versions of the artifact
+  ``monitor``) with alias ``best`` and the last one (``LastCheckpoint``'s or a ``save_last`` file, else
+  the newest file of a ``ModelCheckpoint`` without ``monitor``) with alias ``last``, as versions of the artifact
   ``model-<run id>`` (type ``model``). Metadata: ``class_names``, ``label_to_category_id``,
   ``metrics``, ``global_step``, ``epoch``, the monitor and its score. Offline, the file is copied
   into the offline run folder (``artifacts/<alias>/``) and staged from there, so ``wandb sync``
@@ -49,7 +49,8 @@ def checkpoints_to_upload(trainer: Trainer) -> dict[str, Path]:
     best = next((c for c in callbacks if c.monitor is not None and c.best_model_path), None)
     if best is not None:
         files["best"] = Path(best.best_model_path)
-    last = next((c.last_model_path for c in callbacks if c.last_model_path), None)
+    # LastCheckpoint (a Checkpoint, not a ModelCheckpoint) writes last.ckpt however the fit ends
+    last = next((c.last_model_path for c in trainer.checkpoint_callbacks if getattr(c, "last_model_path", "")), None)
     last = last or next((c.best_model_path for c in callbacks if c.monitor is None and c.best_model_path), None)
     if last:
         files["last"] = Path(last)

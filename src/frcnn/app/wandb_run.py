@@ -41,9 +41,11 @@ RESUME_MODES = ("allow", "must", "never")
 def stored_run(ckpt_path: str | Path) -> dict | None:
     """The W&B run a checkpoint was written by (``id``, ``step``, ``global_step``, ``offline_dir``,
     ``metrics``), or None for a checkpoint of a run without W&B."""
-    from frcnn.app.checkpoint import load_checkpoint
+    from frcnn.app.checkpoint_file import read_checkpoint
 
-    stored = load_checkpoint(ckpt_path).get(CHECKPOINT_KEY)
+    # any readable checkpoint: only its W&B run is read here (a resume checks the rest)
+    checkpoint = read_checkpoint(ckpt_path, project=False)
+    stored = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     return dict(stored) if isinstance(stored, dict) and stored.get("id") else None
 
 

@@ -8,7 +8,8 @@
 
 Structural problems are reported per entry (``Problem``) rather than raised at the first one: an
 annotation whose ``bbox`` is not four numbers, an unknown ``category_id`` or ``image_id``, an image
-entry without ``file_name``/``width``/``height``, duplicate image or annotation ids. Box values
+entry without ``file_name``/``width``/``height``, duplicate image or annotation ids, ids or category ids
+that are not integers (``true``, a list: found by tests/data/test_fuzz_loaders.py). Box values
 (NaN, negative size, outside the image) are checked later by ``frcnn.data.validate``.
 """
 
@@ -34,6 +35,18 @@ def _is_number(value: Any) -> bool:
 
 def _is_positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _as_float(value: int | float) -> float:
+    """A JSON number as a float; integers beyond float's range become +-inf (float() would raise)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.copysign(math.inf, value)
 
 
 def read_json(path: Path) -> dict:
@@ -113,7 +126,7 @@ class CocoSource:
         for image_id, image in images.items():
             train_boxes, train_labels, crowd_boxes, crowd_labels = [], [], [], []
             for annotation in coco.imgToAnns.get(image_id, []):
-                x, y, w, h = (float(v) for v in annotation["bbox"])
+                x, y, w, h = (_as_float(v) for v in annotation["bbox"])
                 box = [x, y, x + w, y + h]  # xywh -> xyxy, both in 0-based pixel edges
                 if annotation.get("iscrowd", 0):
                     crowd_boxes.append(box)
@@ -121,14 +134,16 @@ class CocoSource:
                 else:
                     train_boxes.append(box)
                     train_labels.append(label_of[annotation["category_id"]])
+            with np.errstate(over="ignore"):  # beyond float32's range: inf, reported by the data check
+                box_arrays = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in (train_boxes, crowd_boxes)]
             records.append(ImageRecord(
                 path=self.image_dir / image["file_name"],
                 image_id=image_id,
                 width=image["width"],
                 height=image["height"],
-                boxes=np.asarray(train_boxes, dtype=np.float32).reshape(-1, 4),
+                boxes=box_arrays[0],
                 labels=np.asarray(train_labels, dtype=np.int64),
-                ignore_boxes=np.asarray(crowd_boxes, dtype=np.float32).reshape(-1, 4),
+                ignore_boxes=box_arrays[1],
                 ignore_labels=np.asarray(crowd_labels, dtype=np.int64),
                 source=f"{file} (image id {image_id})",
             ))
@@ -171,7 +186,7 @@ class CocoSource:
         seen_ids: set[int] = set()
         kept = []
         for position, annotation in enumerate(entries):
-            if not isinstance(annotation, dict) or not isinstance(annotation.get("id"), int):
+            if not isinstance(annotation, dict) or not _is_int(annotation.get("id")):
                 problems.append(Problem(file, f"annotation #{position} has no integer 'id'"))
                 continue
             where = f"annotation id {annotation['id']}"
@@ -179,13 +194,13 @@ class CocoSource:
                 problems.append(Problem(file, f"duplicate annotation id {annotation['id']}"))
                 continue
             seen_ids.add(annotation["id"])
-            image = images.get(annotation.get("image_id"))
+            image = images.get(annotation.get("image_id")) if _is_int(annotation.get("image_id")) else None
             if image is None:
                 problems.append(Problem(file, f"{where} refers to image id {annotation.get('image_id')!r}, "
                                               "which is not among the (valid) images"))
                 continue
             where += f" (image {image['file_name']})"
-            if annotation.get("category_id") not in known_categories:
+            if not _is_int(annotation.get("category_id")) or annotation["category_id"] not in known_categories:
                 problems.append(Problem(file, f"{where}: unknown category_id {annotation.get('category_id')!r}"))
                 continue
             bbox = annotation.get("bbox")
@@ -193,7 +208,7 @@ class CocoSource:
                 problems.append(Problem(file, f"{where}: bbox must be 4 numbers [x, y, width, height], "
                                               f"got {bbox!r}"))
                 continue
-            if not all(math.isfinite(v) for v in bbox):
+            if not all(math.isfinite(_as_float(v)) for v in bbox):
                 problems.append(Problem(file, f"{where}: bbox has a NaN or infinite value {bbox!r}"))
                 continue
             if bbox[2] < 0 or bbox[3] < 0:

@@ -20,8 +20,10 @@ import lightning as L
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from frcnn.data.bad_images import BAD_IMAGE, BadImageLog, check_policy
 from frcnn.data.batching import GroupedBatchSampler, orientation_groups
 from frcnn.data.dataset import DetectionDataset, collate_detection
+from frcnn.data.loader import ResumableDataLoader
 from frcnn.data.records import DataError, ImageRecord, Problem, Source
 from frcnn.data.transforms import Augmentation
 from frcnn.data.validate import CHECK_MODES, counted_warnings, raise_for_problems, validate_records
@@ -56,6 +58,9 @@ class DetectionDataModule(L.LightningDataModule):
         num_workers, pin_memory, persistent_workers: as in ``DataLoader`` (persistent only with workers).
         aspect_ratio_grouping: group training batches by orientation (batch_size > 1).
         check_images: "full", "header" or "off": how hard setup checks the image files.
+        on_bad_image: "error" (stop, naming every unreadable image) or "skip" (leave them out, log how many
+            and list them in ``bad_image_log``); ``frcnn.data.bad_images``.
+        bad_image_log: the file the skipped images are appended to (the run folder's ``bad_images.tsv``).
         dataset_yaml: YOLO's dataset YAML (or folder) that the split sources of ``conf/data/yolo.yaml``
             interpolate, so that one override names it; kept for the data check's report.
     """
@@ -77,6 +82,8 @@ class DetectionDataModule(L.LightningDataModule):
         aspect_ratio_grouping: bool = True,
         check_images: str = "header",
         dataset_yaml: str | None = None,
+        on_bad_image: str = "error",
+        bad_image_log: str | None = None,
     ) -> None:
         super().__init__()
         test = test if test is not None else val
@@ -94,6 +101,8 @@ class DetectionDataModule(L.LightningDataModule):
             raise ValueError(f"check_images must be one of {CHECK_MODES}, got {check_images!r}")
         self.check_images = check_images
         self.dataset_yaml = dataset_yaml
+        self.on_bad_image = check_policy(on_bad_image)
+        self.bad_image_log = BadImageLog(bad_image_log)
 
         self.class_names: list[str] = list(train.class_names)
         self.label_to_category_id: dict[int, int] = {
@@ -130,11 +139,19 @@ class DetectionDataModule(L.LightningDataModule):
                 self.datasets[split] = self.datasets[same]
                 continue
             records, problems = load_split(source, self.check_images)
-            raise_for_problems(split, source, problems)
+            skipped = [p for p in problems if p.fatal and p.kind == BAD_IMAGE] if self.on_bad_image == "skip" else []
+            raise_for_problems(split, source, [p for p in problems if not (p.fatal and p.kind == BAD_IMAGE)]
+                               if skipped else problems)
+            if skipped:  # their records were left out by the validation
+                self.bad_image_log.record(split, skipped)
+                log.warning("%s split of %s: %d of %d images skipped (data.on_bad_image=skip), %s; first: %s",
+                            split, source, len(skipped), len(records) + len(skipped), self.bad_image_log.where(),
+                            skipped[0])
             for line in counted_warnings(problems):
                 log.warning("%s split of %s: %s", split, source, line)
             augmentation = self.train_aug if split == "train" else self.eval_aug
-            self.datasets[split] = DetectionDataset(records, augmentation)
+            self.datasets[split] = DetectionDataset(records, augmentation, split, self.on_bad_image,
+                                                    self.bad_image_log)
 
     def check(self) -> dict[str, tuple[list[ImageRecord], list[Problem]]]:
         """The data check: every distinct split read and validated, problems returned, nothing raised.
@@ -168,7 +185,8 @@ class DetectionDataModule(L.LightningDataModule):
             sampler = RandomSampler(dataset)
         groups = orientation_groups(dataset.aspect_ratios) if self.aspect_ratio_grouping else [0] * len(dataset)
         batch_sampler = GroupedBatchSampler(sampler, groups, self.batch_size, drop_last=False)
-        return DataLoader(dataset, batch_sampler=batch_sampler, **self._loader_options())
+        # resumable mid-epoch: checkpoints hold the epoch's batches and the position (frcnn.data.loader)
+        return ResumableDataLoader(dataset, batch_sampler=batch_sampler, **self._loader_options())
 
     def _eval_dataloader(self, split: str) -> DataLoader:
         dataset = self._dataset(split)

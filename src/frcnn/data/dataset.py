@@ -15,6 +15,7 @@ the number of workers, the loader yields contract batches, and ``dataset[i]`` is
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,9 +24,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
+from frcnn.data.bad_images import BadImageLog, check_policy
 from frcnn.data.decode import ImageDecodeError, read_image
-from frcnn.data.records import DataError, ImageRecord
+from frcnn.data.records import DataError, ImageRecord, Problem
 from frcnn.data.transforms import Augmentation
+
+log = logging.getLogger(__name__)
 
 Sample = tuple[Tensor, dict[str, Tensor]]
 Batch = tuple[list[Tensor], list[dict[str, Tensor]]]
@@ -78,11 +82,20 @@ class DetectionDataset(Dataset):
     Args:
         records: validated records (``frcnn.data.validate.validate_records``): boxes inside the image.
         augmentation: applied to every sample; None delivers the image as decoded.
+        split: the split's name, for messages.
+        on_bad_image: "error": a record that fails to decode raises ``DataError``; "skip": a batch gets
+            the next decodable record instead, and the failure is logged and recorded in ``bad_image_log``.
+        bad_image_log: where skipped images are listed (``frcnn.data.bad_images.BadImageLog``).
     """
 
-    def __init__(self, records: Sequence[ImageRecord], augmentation: Augmentation | None = None) -> None:
+    def __init__(self, records: Sequence[ImageRecord], augmentation: Augmentation | None = None, split: str = "",
+                 on_bad_image: str = "error", bad_image_log: BadImageLog | None = None) -> None:
         self.records = list(records)
         self.augmentation = augmentation or Augmentation()
+        self.split = split
+        self.on_bad_image = check_policy(on_bad_image)
+        self.bad_image_log = bad_image_log or BadImageLog(None)
+        self._skipped: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -115,7 +128,23 @@ class DetectionDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[RawSample]:
         """What a DataLoader fetches per batch: raw samples, converted by ``collate_detection``."""
-        return [self.raw(index) for index in indices]
+        if self.on_bad_image == "error":
+            return [self.raw(index) for index in indices]
+        return [self._raw_or_next(index) for index in indices]
+
+    def _raw_or_next(self, index: int) -> RawSample:
+        """``raw(index)``, or with ``on_bad_image=skip`` that of the next record that decodes."""
+        for step in range(len(self.records)):
+            candidate = (index + step) % len(self.records)
+            try:
+                return self.raw(candidate)
+            except DataError as error:
+                if candidate not in self._skipped:
+                    self._skipped.add(candidate)
+                    self.bad_image_log.record(self.split, [Problem(str(self.records[candidate].path), str(error))])
+                    log.warning("%s split: skipped %s (on_bad_image=skip), %s: %s", self.split,
+                                self.records[candidate].path, self.bad_image_log.where(), error)
+        raise DataError(f"no image of the {self.split} split could be decoded ({len(self.records)} tried)")
 
 
 def _convert(raw_samples: list[RawSample]) -> Batch:

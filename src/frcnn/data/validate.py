@@ -9,8 +9,9 @@ Handling policy, case by case (the readers ``coco.py`` / ``voc.py`` report the p
 ======================================  ===================================================
 case                                    handling
 ======================================  ===================================================
-image file missing, empty, not an       fatal: ``DataError`` at setup naming the image
-image, corrupt
+image file missing, empty, not an       fatal: ``DataError`` at setup naming the image; with
+image, corrupt                          ``on_bad_image=skip`` the image is left out and listed
+                                        (``frcnn.data.bad_images``), as are the two rows below
 truncated JPEG / PNG                    fatal at setup. ``check_images=header`` finds it by the
                                         missing end marker (one small read per file) and
                                         confirms by decoding; ``full`` decodes every image
@@ -41,6 +42,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from frcnn.data.bad_images import BAD_IMAGE
 from frcnn.data.decode import ImageDecodeError, inspect_image
 from frcnn.data.records import DataError, ImageRecord, Problem
 
@@ -122,7 +124,7 @@ def validate_records(
             try:
                 info = inspect_image(record.path, full=check_images == "full")
             except ImageDecodeError as error:
-                problems.append(Problem(str(record.path), str(error)))
+                problems.append(Problem(str(record.path), str(error), kind=BAD_IMAGE))
                 continue
             if width is None or height is None:
                 width, height = info.width, info.height
@@ -133,7 +135,7 @@ def validate_records(
                             "stored, unrotated pixels)")
                 problems.append(Problem(record.source or str(record.path),
                                         f"annotation says the image is {width}x{height} but {record.path.name} "
-                                        f"is {info.width}x{info.height}{hint}"))
+                                        f"is {info.width}x{info.height}{hint}", kind=BAD_IMAGE))
                 continue
         file = record.source or str(record.path)
         boxes, labels, box_problems = check_boxes(record.boxes, record.labels, width, height, file)
@@ -168,6 +170,9 @@ def raise_for_problems(split: str, source: object, problems: Sequence[Problem]) 
     if len(fatal) > MAX_LISTED:
         lines.append(f"  ... and {len(fatal) - MAX_LISTED} more")
     lines.append("Fix the files, or run `python -m frcnn.data.check data=<name>` for the full report.")
+    if any(p.kind == BAD_IMAGE for p in fatal):
+        lines.append("To train on the other images: data.on_bad_image=skip (the skipped ones are listed in the run "
+                     "folder, bad_images.tsv).")
     raise DataError("\n".join(lines))
 
 

@@ -38,7 +38,7 @@ VOC_CLASSES = (
 def _int_or_none(element: ET.Element | None) -> int | None:
     try:
         value = int(float(element.text))  # some tools write "500.0"
-    except (AttributeError, TypeError, ValueError):
+    except (AttributeError, TypeError, ValueError, OverflowError):  # OverflowError: "inf" (found by fuzzing)
         return None
     return value if value > 0 else None
 
@@ -168,7 +168,8 @@ class VocSource:
             labels.append(label_of[name])
             difficult.append((obj.findtext("difficult") or "0").strip() not in ("0", ""))
 
-        boxes_array = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, reported by the data check
+            boxes_array = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         labels_array = np.asarray(labels, dtype=np.int64)
         ignored = np.asarray(difficult, dtype=bool) & (not self.use_difficult)
         return ImageRecord(

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torchvision.models import get_model_weights
 
 from frcnn.interop.torchvision_keys import torchvision_to_ours
-from frcnn.modeling.backbone.weights import key_mismatches, read_state_dict
+from frcnn.modeling.backbone.weights import downloading, key_mismatches, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,9 @@ def torchvision_state_dict(source: str | Path) -> tuple[dict[str, Tensor], str]:
         weights = enum_cls.verify(weights_name or "DEFAULT")
     except (KeyError, ValueError):
         raise ValueError(f"unknown weights {weights_name!r} for {model_name}; known: {', '.join(enum_cls.__members__)}") from None
-    return weights.get_state_dict(progress=True, check_hash=True), f"{TORCHVISION_PREFIX}{model_name}:{weights.name}"
+    with downloading(weights):  # once; then from torchvision's cache
+        state = weights.get_state_dict(progress=True, check_hash=True)
+    return state, f"{TORCHVISION_PREFIX}{model_name}:{weights.name}"
 
 
 def load_torchvision_detection(

@@ -6,6 +6,11 @@ Coordinates are feature *indices* (integer = cell centre). The boundary rules ar
 RoIAlign rules, so that ``roi_align`` below equals ``torchvision.ops.roi_align``: a sample more
 than one cell outside the map is 0; within one cell it takes the edge value.
 
+Mixed precision: features may arrive in bfloat16 / float16 (autocast, or a half model). The
+coordinates, the bilinear weights and every product run in float32 (``_compute_dtype``; float64
+stays float64) and the result is cast back to the features' dtype: CPU sparse products have no
+half-precision kernels, and bilinear weights in bfloat16 (8 mantissa bits) would move samples.
+
 Why not torchvision's kernel: on a CPU it runs on one thread, one channel at a time, and its
 backward scatters one sample at a time (~20 % of a Faster R-CNN training step). Here the forward
 is a sparse-dense product over channels-last rows (``sparse_roi_sample``: ~3x faster) and the
@@ -28,6 +33,11 @@ _BACKWARD_CHUNK_BYTES = 4 * 2**20
 
 # torch.sparse_csr_tensor warns once that sparse CSR is "beta"; the product used here is plain.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the sampling runs in: float32 for half precision and float32, float64 for float64."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _axis_weights(coords: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -75,9 +85,10 @@ def sparse_roi_sample(features: Tensor, rois: Tensor, ys: Tensor, xs: Tensor, bi
     """
     N, C, H, W = features.shape
     R, S = rois.shape[0], bins
-    ys, xs = ys.to(features.dtype), xs.to(features.dtype)
-    rows = features.permute(0, 2, 3, 1).reshape(N * H * W, C)  # a view when already channels-last
-    out = features.new_empty((R, C, S, S))
+    dtype = _compute_dtype(features.dtype)
+    ys, xs = ys.to(dtype), xs.to(dtype)
+    rows = features.permute(0, 2, 3, 1).reshape(N * H * W, C).to(dtype)  # a view when channels-last float32
+    out = features.new_empty((R, C, S, S))  # the features' dtype: the product's float32 is cast on writing
     taps = (2 * (ys.shape[1] // S)) ** 2  # per bin
     # RoIs per chunk: the product's output and the taps (index, weight and their temporaries,
     # ~48 bytes a tap) each within the budget
@@ -90,7 +101,8 @@ def sparse_roi_sample(features: Tensor, rois: Tensor, ys: Tensor, xs: Tensor, bi
         matrix = torch.sparse_csr_tensor(
             row_starts, columns.reshape(-1), values.reshape(-1), size=(count * S * S, N * H * W), check_invariants=False
         )
-        out[part] = torch.mm(matrix, rows).view(count, S, S, C).permute(0, 3, 1, 2)
+        with torch.autocast(features.device.type, enabled=False):  # autocast would cast mm to bfloat16
+            out[part] = torch.mm(matrix, rows).view(count, S, S, C).permute(0, 3, 1, 2)
     return out
 
 
@@ -120,17 +132,24 @@ class _SeparableBilinear(torch.autograd.Function):
         ctx.save_for_backward(rois)
         ctx.coords_fn = coords_fn
         ctx.features_shape = features.shape
+        ctx.features_dtype = features.dtype
         with torch.no_grad():
             return forward_fn(features, rois)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        with torch.autocast(grad.device.type, enabled=False):  # a backward inside autocast: still float32
+            return _SeparableBilinear._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad: Tensor):
         (rois,) = ctx.saved_tensors
         N, C, H, W = ctx.features_shape
         ys, xs, S = ctx.coords_fn(rois)  # (R, S*s) each, and the number of bins S per side
-        grad = grad.contiguous()
-        wy = _bin_weights(ys.to(grad.dtype), H, S)  # (R, S, H)
-        wx = _bin_weights(xs.to(grad.dtype), W, S)  # (R, S, W)
+        dtype = _compute_dtype(ctx.features_dtype)  # sums over many RoIs: float32 under mixed precision
+        grad = grad.to(dtype).contiguous()
+        wy = _bin_weights(ys.to(dtype), H, S)  # (R, S, H)
+        wx = _bin_weights(xs.to(dtype), W, S)  # (R, S, W)
         image = rois[:, 0].long()
         grad_features = grad.new_zeros((N, C, H, W))
         # RoIs in chunks: the x-contracted intermediate is C*S*W per RoI (at FPN's P2 with 64 RoIs
@@ -147,21 +166,30 @@ class _SeparableBilinear(torch.autograd.Function):
                 g = g.view(Rc, C, S, W).permute(0, 2, 1, 3).reshape(Rc * S, C * W)  # rows (r, bin row)
                 acc.addmm_(wy[part].reshape(Rc * S, H).t(), g)  # y and the RoIs contracted
             grad_features[n] = acc.view(H, C, W).permute(1, 0, 2)
-        return grad_features, None, None, None
+        return grad_features.to(ctx.features_dtype), None, None, None
+
+
+KERNELS = ("sparse", "torchvision")
 
 
 def roi_align(
-    features: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int, aligned: bool
+    features: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int, aligned: bool,
+    kernel: str | None = None,
 ) -> Tensor:
     """RoIAlign, equal to ``torchvision.ops.roi_align`` for a fixed ``sampling_ratio`` > 0.
 
     features (N, C, H, W), rois (R, 5) ``(batch_index, x1, y1, x2, y2)`` in image pixels ->
     (R, C, S, S). Each of the S x S bins averages ``sampling_ratio``^2 bilinear samples. The value
-    is ``sparse_roi_sample``'s on a CPU, torchvision's kernel's on CUDA;
-    the gradient is the separable one of ``_SeparableBilinear``.
+    is ``kernel``'s: ``"sparse"`` (``sparse_roi_sample``) or ``"torchvision"`` (its compiled kernel);
+    None picks by device, sparse on a CPU, torchvision's on CUDA. Both run on either device, so the
+    CPU suite also checks the CUDA choice. The gradient is the separable one of ``_SeparableBilinear``.
     """
     if sampling_ratio <= 0:
         raise ValueError("this RoIAlign needs a fixed sampling_ratio > 0 (the adaptive one varies per RoI)")
+    if kernel is None:
+        kernel = "sparse" if features.device.type == "cpu" else "torchvision"
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS} or None, got {kernel!r}")
     S, s = int(output_size), int(sampling_ratio)
     rois = rois.detach()
 
@@ -175,10 +203,12 @@ def roi_align(
         return start[:, 1:2] + t * size[:, 1:2], start[:, 0:1] + t * size[:, 0:1], S  # ys, xs (R, S*s)
 
     def sample(features: Tensor, rois: Tensor) -> Tensor:
-        if features.device.type == "cpu":
+        if kernel == "sparse":
             ys, xs, _ = coords(rois)
             return sparse_roi_sample(features, rois, ys, xs, S)
-        return torchvision_roi_align(features, rois.to(features.dtype), (S, S), spatial_scale, s, aligned)
+        dtype = _compute_dtype(features.dtype)  # half-precision RoIs would move the boxes by pixels
+        value = torchvision_roi_align(features.to(dtype), rois.to(dtype), (S, S), spatial_scale, s, aligned)
+        return value.to(features.dtype)
 
     return _SeparableBilinear.apply(features, rois, coords, sample)
 

@@ -23,7 +23,7 @@ from .cuts import (
 )
 from .freezing import freeze_stages
 from .tiny import TINY_MEAN, TINY_STD, cut_tiny, tiny_net
-from .weights import load_strict, read_state_dict, resolve_weights, weights_statistics
+from .weights import downloading, load_strict, read_state_dict, resolve_weights, weights_statistics
 
 # name -> (torchvision classification model it is cut from, or None for our own, and the cut)
 BACKBONES: dict[str, tuple[str | None, Callable[[nn.Module], Cut]]] = {
@@ -78,7 +78,8 @@ def build_backbone(
         network, image_mean, image_std = tiny_net(), TINY_MEAN, TINY_STD
     else:
         resolved = resolve_weights(arch, weights) if weights is not None else None
-        network = get_model(arch, weights=resolved)
+        with downloading(resolved):  # torchvision downloads named weights on first use
+            network = get_model(arch, weights=resolved)
         if resolved is not None:
             image_mean, image_std = weights_statistics(resolved)
     if weights_path is not None:

@@ -25,7 +25,7 @@ from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _r
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .backbone import IMAGENET_MEAN, IMAGENET_STD
-from .weights import load_strict, read_state_dict, resolve_weights, weights_statistics
+from .weights import downloading, load_strict, read_state_dict, resolve_weights, weights_statistics
 
 # name -> (torchvision classification trunk, number of stages ``trainable_layers`` counts)
 FPN_BACKBONES: dict[str, tuple[str, int]] = {
@@ -110,7 +110,8 @@ def build_fpn_backbone(
 
     resolved = resolve_weights(arch, weights) if weights is not None else None
     image_mean, image_std = weights_statistics(resolved) if resolved is not None else (IMAGENET_MEAN, IMAGENET_STD)
-    trunk = get_model(arch, weights=resolved, norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
+    with downloading(resolved):  # torchvision downloads named weights on first use
+        trunk = get_model(arch, weights=resolved, norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
     if weights_path is not None:
         state = read_state_dict(weights_path)
         expected = trunk.state_dict()

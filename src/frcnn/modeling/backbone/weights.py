@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+import http.client
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +28,38 @@ def resolve_weights(arch: str, weights: str) -> WeightsEnum:
     except KeyError:
         known = ", ".join([*enum_cls.__members__])
         raise ValueError(f"unknown weights {weights!r} for {arch}; known: {known}") from None
+
+
+class WeightsDownloadError(OSError):
+    """Torchvision weights that could not be fetched (no network, a proxy, a refused download).
+
+    Attributes: ``weights`` (e.g. ``ResNet50_Weights.IMAGENET1K_V2``), ``url``, ``cache_file`` (where
+    torchvision keeps the file once downloaded: a copy placed there is used without network).
+    """
+
+    def __init__(self, weights: WeightsEnum, cause: BaseException) -> None:
+        self.weights = f"{type(weights).__name__}.{weights.name}"
+        self.url = weights.url
+        self.cache_file = cached_weights_path(weights)
+        super().__init__(f"could not download the torchvision weights {self.weights} from {self.url} "
+                         f"({type(cause).__name__}: {cause}); once downloaded they live in {self.cache_file}")
+
+
+def cached_weights_path(weights: WeightsEnum) -> Path:
+    """Where torchvision caches ``weights``: ``torch.hub.get_dir()/checkpoints/<file name of the URL>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+@contextlib.contextmanager
+def downloading(weights: WeightsEnum | None) -> Iterator[None]:
+    """Around code that may download ``weights``: a network failure becomes a ``WeightsDownloadError``
+    naming the weights, the URL and the cache file."""
+    try:
+        yield
+    except (OSError, http.client.HTTPException) as error:
+        if weights is None or isinstance(error, FileNotFoundError | PermissionError):
+            raise
+        raise WeightsDownloadError(weights, error) from error
 
 
 def weights_statistics(

@@ -61,12 +61,14 @@ class RoIPooler(nn.Module):
     def pool_rois(self, features: Tensor, rois: Tensor, stride: int) -> Tensor:
         """features (N, C, Hf, Wf), rois (R, 5) ``(batch_index, x1, y1, x2, y2)`` in image pixels
         -> (R, C, S, S)."""
-        rois = rois.to(features.dtype)
+        # Boxes stay float32 under mixed precision (bfloat16 would move a 500 px coordinate by up to 2 px);
+        # float64 features (gradient checks) get float64 RoIs.
+        rois = rois.to(torch.promote_types(features.dtype, torch.float32))
         S = self.output_size
         if self.method == "roi_align":
             return roi_align(features, rois, S, 1.0 / stride, self.sampling_ratio, self.aligned)
-        if self.method == "roi_pool":
-            return roi_pool(features, rois, (S, S), 1.0 / stride)
+        if self.method == "roi_pool":  # torchvision's kernel wants one dtype for both
+            return roi_pool(features.to(rois.dtype), rois, (S, S), 1.0 / stride).to(features.dtype)
         index_rois = torch.cat((rois[:, :1], rois[:, 1:] / stride - 0.5), dim=1)  # image px -> index
         return F.max_pool2d(crop_and_resize(features, index_rois, 2 * S), kernel_size=2, stride=2)
 

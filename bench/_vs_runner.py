@@ -22,6 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.detection import FasterRCNN as TVFasterRCNN
 
 from frcnn.layers.inference_rewrite import optimize_for_inference
+from frcnn.layers.training_rewrite import optimize_for_training
+from frcnn.modeling.compile import compile_for_training
 
 
 class Contender:
@@ -137,17 +139,33 @@ class Result:
     infer_flops: int = 0
     train_profile: StepProfile | None = None
     infer_profile: StepProfile | None = None
+    gemm_before_train: list[float] = field(default_factory=list)  # GEMM FLOP/s just before each training step
+    first_step_s: float | None = None  # the first training step (compilation included), when compiled
 
 
-def run_config(
-    pair: Pair, steps: int, warmup: int, gemm: GemmRate, inference_rewrite: bool
-) -> tuple[dict, list[float], str]:
+@dataclass
+class Options:
+    """How ours runs: the inference rewrite for inference, the training rewrite and compilation
+    for training (``--no-inference-rewrite``, ``--no-training-rewrite``, ``--compile``)."""
+
+    inference_rewrite: bool = True
+    training_rewrite: bool = True
+    compile: bool = False
+
+
+def run_config(pair: Pair, steps: int, warmup: int, gemm: GemmRate, options: Options) -> tuple[dict, list[float], str]:
     """Warm-up (the first step counts FLOPs and compares outputs, the last is profiled), then
     ``steps`` timed rounds, interleaved. -> ({model: Result}, GEMM FLOP/s per round, agreement).
 
-    inference_rewrite: ours infers with ``optimize_for_inference`` applied to a copy (what eval.py
-    and predict.py run); the training model is untouched (lr 0 keeps the two equal)."""
-    ours_infer = optimize_for_inference(copy.deepcopy(pair.ours)) if inference_rewrite else None
+    Ours infers with ``optimize_for_inference`` applied to a copy (what eval.py and predict.py
+    run), and trains with ``optimize_for_training`` (what train.py's TrainingSpeed callback
+    applies) and, with ``options.compile``, ``compile_for_training``; lr 0 keeps the two copies
+    equal. The twin was built from ours before any rewrite."""
+    ours_infer = optimize_for_inference(copy.deepcopy(pair.ours)) if options.inference_rewrite else None
+    optimize_for_training(pair.ours, fold_frozen_bn=options.training_rewrite, channels_last=options.training_rewrite,
+                          sparse_rpn_backward=options.training_rewrite)
+    if options.compile:
+        compile_for_training(pair.ours)
     contenders = [
         Contender("ours", pair.ours, pair.ours_stages, pair.settings.device, ours_infer),
         Contender("torchvision", pair.theirs, pair.theirs_stages, pair.settings.device),
@@ -158,6 +176,10 @@ def run_config(
             hooks.enter_context(stage_hooks(c.stages, c.clock))
         if ours_infer is not None:
             hooks.enter_context(stage_hooks(_stages(ours_infer, False), contenders[0].clock))
+        if options.compile:  # compiled before FLOPs are counted: the counter sees the compiled step
+            images, targets = batch(pair.settings.image_size, 0, pair.settings.device)
+            results["ours"].first_step_s, _ = timed(partial(contenders[0].train_step, images, targets), pair.settings.device)
+            print(f"  compiled: first training step {results['ours'].first_step_s:.1f} s", flush=True)
         check = _warm_up(contenders, results, warmup, pair.settings)
         gemm_rates = [_timed_round(contenders, results, i, warmup, pair.settings, gemm) for i in range(steps)]
     return results, gemm_rates, check
@@ -197,9 +219,11 @@ def _timed_round(
             step = (
                 partial(c.train_step, images, targets) if kind == "train" else partial(c.infer_step, images)
             )
+            r = results[c.name]
+            if kind == "train":  # the load each model's step meets: the noise check
+                r.gemm_before_train.append(gemm.measure())
             c.clock.reset()
             wall, cpu = timed(step, s.device)
-            r = results[c.name]
             getattr(r, f"{kind}_s").append(wall)
             getattr(r, f"{kind}_cpu_s").append(cpu)
             stages = dict(c.clock.totals)

@@ -77,7 +77,8 @@ def test_callbacks(tmp_path):
     cfg = compose_config("train", tmp_path, [])
     names = {type(c).__name__ for c in instantiate_callbacks(cfg.callbacks)}
     assert names == {"ModelCheckpoint", "LastCheckpoint", "Preemption", "ResumeState", "RichModelSummary",
-                     "RichProgressBar", "NonFiniteLossGuard", "ValidationImages", "PerClassAPTable", "ValidationPlots"}
+                     "RichProgressBar", "NonFiniteLossGuard", "ValidationImages", "PerClassAPTable", "ValidationPlots",
+                     "TrainingSpeed"}
     for name in set(options("callbacks")) - {"default", "none"}:
         node = OmegaConf.load(CONF_DIR / "callbacks" / f"{name}.yaml")
         single = OmegaConf.merge({"paths": cfg.paths}, {"callbacks": node})  # resolves ${paths.*}

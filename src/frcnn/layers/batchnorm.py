@@ -42,26 +42,34 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | FrozenBatchNorm2d) -> nn.
     return fused
 
 
+def conv_bn_pairs(module: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    """Every conv -> BatchNorm pair below (or at) ``module`` whose order is certain, as
+    ``(parent, conv attribute, norm attribute)``: consecutive children of an ``nn.Sequential`` or
+    ``IntermediateLayerGetter`` (their forward runs the children in order), and the
+    ``conv{k}`` / ``bn{k}`` of torchvision's ResNet and its blocks (forward: ``bn{k}(conv{k}(x))``)."""
+    pairs = []
+    for parent in module.modules():
+        if isinstance(parent, (nn.Sequential, IntermediateLayerGetter)):
+            children = list(parent.named_children())
+            for (name, conv), (bn_name, bn) in zip(children, children[1:]):
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, _NORMS):
+                    pairs.append((parent, name, bn_name))
+        if isinstance(parent, (ResNet, BasicBlock, Bottleneck)):
+            for k in (1, 2, 3):
+                conv, bn = getattr(parent, f"conv{k}", None), getattr(parent, f"bn{k}", None)
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, _NORMS):
+                    pairs.append((parent, f"conv{k}", f"bn{k}"))
+    return pairs
+
+
 def fold_batchnorm(module: nn.Module) -> int:
-    """Fold every conv -> BatchNorm pair below ``module`` in place; returns how many were folded."""
-    folded = 0
-    for child in module.children():
-        folded += fold_batchnorm(child)
-    if isinstance(module, (nn.Sequential, IntermediateLayerGetter)):  # forward: children in order
-        children = list(module.named_children())
-        for (name, conv), (bn_name, bn) in zip(children, children[1:]):
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, _NORMS):
-                setattr(module, name, fold_conv_bn(conv, bn))
-                setattr(module, bn_name, nn.Identity())
-                folded += 1
-    if isinstance(module, (ResNet, BasicBlock, Bottleneck)):  # forward: bn{k}(conv{k}(x))
-        for k in (1, 2, 3):
-            conv, bn = getattr(module, f"conv{k}", None), getattr(module, f"bn{k}", None)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, _NORMS):
-                setattr(module, f"conv{k}", fold_conv_bn(conv, bn))
-                setattr(module, f"bn{k}", nn.Identity())
-                folded += 1
-    return folded
+    """Fold every conv -> BatchNorm pair below ``module`` in place (``conv_bn_pairs``); returns how
+    many were folded."""
+    pairs = conv_bn_pairs(module)
+    for parent, name, bn_name in pairs:
+        setattr(parent, name, fold_conv_bn(getattr(parent, name), getattr(parent, bn_name)))
+        setattr(parent, bn_name, nn.Identity())
+    return len(pairs)
 
 
 def convert_frozen_batchnorm(module: nn.Module) -> nn.Module:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from frcnn.layers.batchnorm import fold_batchnorm
+from frcnn.layers.training_rewrite import unfold_frozen_batchnorm
 
 
 def optimize_for_inference(
@@ -38,6 +39,7 @@ def optimize_for_inference(
 ) -> nn.Module:
     """Rewrite ``model`` in place for inference (module docstring) and return it, in eval mode."""
     model.eval()  # folding reads the running statistics, which is what evaluation uses
+    unfold_frozen_batchnorm(model)  # a model still in its training rewrite: fold once, not twice
     if fold_norms:
         fold_batchnorm(model)
     if channels_last:

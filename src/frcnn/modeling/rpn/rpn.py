@@ -108,7 +108,8 @@ class RegionProposalNetwork(nn.Module):
         those resized images' pixels. Losses only when targets are given.
         """
         maps = feature_levels(features)
-        pred_objectness_logits, pred_anchor_deltas = self.head.predict_levels(maps)  # (N, M), (N, M, 4)
+        sampled = self.batch_size_per_image if targets is not None else None  # what the losses will read
+        pred_objectness_logits, pred_anchor_deltas = self.head.predict_levels(maps, sampled)  # (N, M), (N, M, 4)
         anchors_per_level = self.anchor_generator(maps, padded_size)  # L x (M_l, 4)
         anchors = torch.cat(anchors_per_level)  # (M, 4)
         mode = "train" if self.training else "test"

@@ -44,6 +44,7 @@ from frcnn.app.instantiate import (  # noqa: E402
     print_config,
 )
 from frcnn.app.runtime import setup_runtime  # noqa: E402
+from frcnn.tools.auto_anchors import resolve_auto_anchors  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     if cfg.data.get("num_classes", 0) is None:  # classes: auto: K is known once the sources are built
         cfg.data.num_classes = datamodule.num_classes
+    resolve_auto_anchors(cfg, datamodule)  # anchor sizes / ratios `auto`: fitted to the training boxes
     log.info("model <%s>, backbone <%s>", cfg.model._target_, cfg.backbone.get("name"))
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else None
     model = build_model(cfg.model, cfg.get("init_from"), choices)  # + init_from (torchvision COCO weights)

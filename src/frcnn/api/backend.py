@@ -16,12 +16,14 @@ ones in ``frcnn.export.runtimes`` too). Optional attributes that a ``Detector`` 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+
+from frcnn.modeling.transform import resized_size
 
 
 @runtime_checkable
@@ -57,10 +59,11 @@ class TorchBackend:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None,
-                        inference_rewrite: bool = True) -> TorchBackend:
+                        inference_rewrite: bool = True, tta: Mapping | None = None) -> TorchBackend:
         """A training checkpoint (read with ``torch.load(weights_only=True)``) -> its detector,
-        rewritten for inference (BatchNorm folded, channels-last; ``frcnn.layers.inference_rewrite``) unless told not to."""
-        from frcnn.app.checkpoint import module_from_checkpoint
+        rewritten for inference (BatchNorm folded, channels-last; ``frcnn.layers.inference_rewrite``) unless told not to,
+        with test-time augmentation when ``tta`` (``{flip, scales, merge, iou_threshold}``, as ``conf/tta``) asks."""
+        from frcnn.app.checkpoint import module_from_checkpoint, with_tta
         from frcnn.layers.inference_rewrite import optimize_for_inference
 
         module = module_from_checkpoint(path)
@@ -68,6 +71,7 @@ class TorchBackend:
         model = module.model.to(device)
         if inference_rewrite:
             optimize_for_inference(model)
+        model = with_tta(model, tta)
         config = module.hparams.model_config or {}
         backbone = config.get("backbone") or {}
         name = config.get("_target_", type(model).__name__).rsplit(".", 1)[-1]
@@ -79,10 +83,12 @@ class TorchBackend:
         """The padded size the model's transform gives an (height, width) image: images with one
         padded size are batched exactly as each would run alone (same pixels, same zero padding)."""
         transform = self.model.transform
-        scale = min(transform.min_size[-1] / min(height, width), transform.max_size / max(height, width))
-        h, w = (height, width) if scale == 1.0 else (math.floor(height * scale), math.floor(width * scale))
-        d = transform.size_divisible
-        return math.ceil(h / d) * d, math.ceil(w / d) * d
+        key = []
+        for min_size in getattr(self.model, "scales", (transform.test_min_size,)):  # test-time augmentation: each
+            h, w = resized_size(height, width, min_size, transform.max_size)  # the model's rule, exact
+            d = transform.size_divisible
+            key.append((math.ceil(h / d) * d, math.ceil(w / d) * d))
+        return key[0] if len(key) == 1 else tuple(key)
 
     @torch.inference_mode()
     def __call__(self, images: list[Tensor]) -> list[dict[str, Tensor]]:

@@ -15,7 +15,7 @@ threads (the server does): calls into the backend are serialised by a lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +52,11 @@ class Detector:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None, batch_size: int = 8,
-                        inference_rewrite: bool = True) -> Detector:
+                        inference_rewrite: bool = True, tta: Mapping | None = None) -> Detector:
         """A training checkpoint (``torch.load(weights_only=True)``: nothing is unpickled) on
-        ``device`` (default: CUDA when available, else the CPU)."""
-        return cls(TorchBackend.from_checkpoint(path, device, inference_rewrite), batch_size=batch_size)
+        ``device`` (default: CUDA when available, else the CPU). ``tta``: test-time augmentation,
+        e.g. ``{"flip": True, "scales": [400, 480, 560], "merge": "wbf"}`` (``conf/tta/default.yaml``)."""
+        return cls(TorchBackend.from_checkpoint(path, device, inference_rewrite, tta), batch_size=batch_size)
 
     @classmethod
     def from_exported(cls, path: str | Path, runtime: str = "onnxruntime", batch_size: int = 8,

@@ -64,14 +64,26 @@ def module_from_checkpoint(path: str | Path):
     return module
 
 
+def with_tta(model, tta: Mapping | None):
+    """``model`` wrapped in test-time augmentation (``frcnn.modeling.tta``) when ``tta`` (the
+    ``conf/tta`` block: flip, scales, merge, iou_threshold) asks for a flip or scales; else itself."""
+    if not tta or not (tta.get("flip") or tta.get("scales")):
+        return model
+    from frcnn.modeling.tta import TestTimeAugmentation
+
+    return TestTimeAugmentation(model, scales=tta.get("scales"), flip=bool(tta.get("flip")),
+                                merge=tta.get("merge", "nms"), iou_threshold=float(tta.get("iou_threshold", 0.55)))
+
+
 def inference_module(cfg: DictConfig):
     """eval.py's and predict.py's start: the seed and CPU threads, then ``cfg.ckpt_path``'s module,
     its detector rewritten for inference (``frcnn.layers.inference_rewrite``) unless
-    ``inference_rewrite=false``."""
+    ``inference_rewrite=false``, and wrapped in test-time augmentation when ``cfg.tta`` says so."""
     from frcnn.layers.inference_rewrite import optimize_for_inference
 
     setup_runtime(cfg)
     module = module_from_checkpoint(cfg.ckpt_path)
     if cfg.get("inference_rewrite", True):  # BatchNorm folded, channels-last
         optimize_for_inference(module.model)
+    module.model = with_tta(module.model, cfg.get("tta"))
     return module

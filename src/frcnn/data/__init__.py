@@ -11,6 +11,7 @@ from frcnn.data.datamodule import DetectionDataModule, load_split
 from frcnn.data.dataset import DetectionDataset, RawSample, collate_detection, image_to_tensor
 from frcnn.data.decode import ImageDecodeError, inspect_image, read_image
 from frcnn.data.records import DataError, ImageRecord, Problem, Source
+from frcnn.data.repeat_factor import RepeatFactorBatchSampler, repeat_factors
 from frcnn.data.shapes import SHAPE_CLASSES, ShapesGenerator, ShapesSource
 from frcnn.data.transforms import Augmentation, ResizeMinMax
 from frcnn.data.validate import format_report, summarize, validate_records
@@ -32,6 +33,7 @@ __all__ = [
     "ImageRecord",
     "Problem",
     "RawSample",
+    "RepeatFactorBatchSampler",
     "ResizeMinMax",
     "ShapesGenerator",
     "ShapesSource",
@@ -45,6 +47,7 @@ __all__ = [
     "load_split",
     "orientation_groups",
     "read_image",
+    "repeat_factors",
     "summarize",
     "validate_records",
 ]

@@ -25,6 +25,7 @@ from frcnn.data.batching import GroupedBatchSampler, orientation_groups
 from frcnn.data.dataset import DetectionDataset, collate_detection
 from frcnn.data.loader import ResumableDataLoader
 from frcnn.data.records import DataError, ImageRecord, Problem, Source
+from frcnn.data.repeat_factor import repeat_factor_batches
 from frcnn.data.transforms import Augmentation
 from frcnn.data.validate import CHECK_MODES, counted_warnings, raise_for_problems, validate_records
 
@@ -63,6 +64,9 @@ class DetectionDataModule(L.LightningDataModule):
         bad_image_log: the file the skipped images are appended to (the run folder's ``bad_images.tsv``).
         dataset_yaml: YOLO's dataset YAML (or folder) that the split sources of ``conf/data/yolo.yaml``
             interpolate, so that one override names it; kept for the data check's report.
+        repeat_factor_threshold: t of LVIS's repeat-factor sampling of the training images
+            (``frcnn.data.repeat_factor``; e.g. 0.1); None: every image once per epoch.
+        sampler_seed: seed of the repeat-factor draw (the same on every DDP rank).
     """
 
     def __init__(
@@ -84,6 +88,8 @@ class DetectionDataModule(L.LightningDataModule):
         dataset_yaml: str | None = None,
         on_bad_image: str = "error",
         bad_image_log: str | None = None,
+        repeat_factor_threshold: float | None = None,
+        sampler_seed: int = 0,
     ) -> None:
         super().__init__()
         test = test if test is not None else val
@@ -103,6 +109,8 @@ class DetectionDataModule(L.LightningDataModule):
         self.dataset_yaml = dataset_yaml
         self.on_bad_image = check_policy(on_bad_image)
         self.bad_image_log = BadImageLog(bad_image_log)
+        self.repeat_factor_threshold = repeat_factor_threshold
+        self.sampler_seed = sampler_seed
 
         self.class_names: list[str] = list(train.class_names)
         self.label_to_category_id: dict[int, int] = {
@@ -179,11 +187,13 @@ class DetectionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._dataset("train")
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            sampler = DistributedSampler(dataset, shuffle=True)
-        else:
-            sampler = RandomSampler(dataset)
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         groups = orientation_groups(dataset.aspect_ratios) if self.aspect_ratio_grouping else [0] * len(dataset)
+        if self.repeat_factor_threshold is not None:  # class-balanced: the sampler only names the rank
+            batch_sampler = repeat_factor_batches(dataset, groups, self.repeat_factor_threshold, self.batch_size,
+                                                  self.sampler_seed, distributed)
+            return ResumableDataLoader(dataset, batch_sampler=batch_sampler, **self._loader_options())
+        sampler = DistributedSampler(dataset, shuffle=True) if distributed else RandomSampler(dataset)
         batch_sampler = GroupedBatchSampler(sampler, groups, self.batch_size, drop_last=False)
         # resumable mid-epoch: checkpoints hold the epoch's batches and the position (frcnn.data.loader)
         return ResumableDataLoader(dataset, batch_sampler=batch_sampler, **self._loader_options())

@@ -54,7 +54,7 @@ class ExportableDetector(nn.Module):
         check_exportable(model)
         self.model = model.eval()
         transform = model.transform
-        self.min_size = int(transform.min_size[-1])  # evaluation uses the last (multi-scale training)
+        self.min_size = int(transform.test_min_size)  # the evaluation size (multi-scale training draws others)
         self.max_size = int(transform.max_size)
         self.size_divisible = int(transform.size_divisible)
         self.register_buffer("image_mean", torch.tensor(transform.image_mean, dtype=torch.float32).view(1, 3, 1, 1))

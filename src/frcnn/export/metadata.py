@@ -56,7 +56,7 @@ def model_metadata(
         "nms_iou": repr(float(iou)),
         "detections_per_image": str(int(per_image)),
         "config_hash": config_digest,
-        "min_size": str(int(model.transform.min_size[-1])),
+        "min_size": str(int(model.transform.test_min_size)),
         "max_size": str(int(model.transform.max_size)),
         "input": INPUT_CONTRACT,
         "outputs": OUTPUT_CONTRACT,

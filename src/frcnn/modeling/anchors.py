@@ -42,6 +42,9 @@ class AnchorGenerator(nn.Module):
         offset: float = 0.0,
     ) -> None:
         super().__init__()
+        if isinstance(sizes, str) or isinstance(aspect_ratios, str):
+            raise ValueError(f"anchor sizes / aspect_ratios must be numbers, got {sizes!r} / {aspect_ratios!r}: 'auto' is "
+                             "fitted to the training boxes by src/train.py before the model is built")
         if len(sizes) == 0:
             raise ValueError("AnchorGenerator needs at least one size")
         self.per_level = isinstance(sizes[0], Sequence)

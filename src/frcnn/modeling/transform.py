@@ -9,8 +9,9 @@ Shape shorthand: N images, (h_i, w_i) an input image, (h'_i, w'_i) after resizin
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -87,9 +88,12 @@ class InputTransform(nn.Module):
     (``InputTransform(min_size, max_size, backbone=backbone)``); values left None come from it.
 
     Args:
-        min_size: target length of the shorter side (the seed: 600). A list picks one at random
-            per image in training (multi-scale training); evaluation uses the last.
+        min_size: target length of the shorter side (the seed: 600). A list is multi-scale
+            training: each training batch is resized to one of them, drawn by ``size_seed``.
         max_size: cap on the longer side (the seed: 1000); it wins when the two disagree.
+        test_min_size: the shorter side in evaluation (None: the last of ``min_size``).
+        size_seed: seed of the multi-scale draw, a generator of its own: the sizes depend on the
+            seed and the step only (not on the RPN's sampling), and every DDP rank draws the same.
         size_divisible: the padded batch is a multiple of this (None: the backbone's
             ``size_divisible`` (an FPN's 32), else its stride, so the feature map tiles the batch).
         image_mean, image_std: per-channel statistics of the backbone's pretraining (None: the
@@ -105,6 +109,8 @@ class InputTransform(nn.Module):
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
         backbone: nn.Module | None = None,
+        test_min_size: int | None = None,
+        size_seed: int = 0,
     ) -> None:
         super().__init__()
         if backbone is not None:
@@ -114,15 +120,28 @@ class InputTransform(nn.Module):
         if size_divisible is None or image_mean is None or image_std is None:
             raise ValueError("InputTransform needs size_divisible, image_mean and image_std, or a backbone to take them from")
         self.min_size = (int(min_size),) if isinstance(min_size, int | float) else tuple(int(s) for s in min_size)
+        self.test_min_size = int(test_min_size) if test_min_size is not None else self.min_size[-1]
         self.max_size = int(max_size)
         self.size_divisible = int(size_divisible)
         self.image_mean = tuple(float(v) for v in image_mean)
         self.image_std = tuple(float(v) for v in image_std)
+        self.size_generator = torch.Generator().manual_seed(int(size_seed))
 
-    def _target_min_size(self) -> int:
+    def draw_min_size(self) -> int:
+        """The shorter side for the next batch: in training one of ``min_size`` (uniformly, from the
+        transform's own generator), in evaluation ``test_min_size``."""
         if self.training and len(self.min_size) > 1:
-            return self.min_size[int(torch.randint(len(self.min_size), (1,)))]
-        return self.min_size[-1]
+            return self.min_size[int(torch.randint(len(self.min_size), (1,), generator=self.size_generator))]
+        return self.min_size[0] if self.training else self.test_min_size
+
+    @contextlib.contextmanager
+    def evaluated_at(self, min_size: int) -> Iterator[None]:
+        """Evaluate at shorter side ``min_size`` inside the block (test-time augmentation's scales)."""
+        saved, self.test_min_size = self.test_min_size, int(min_size)
+        try:
+            yield
+        finally:
+            self.test_min_size = saved
 
     def resize(self, image: Tensor, target_min: int) -> Tensor:
         """(3, h, w) -> (3, h', w'): ``resize_image`` to this transform's sizes."""
@@ -136,12 +155,13 @@ class InputTransform(nn.Module):
         mean = torch.tensor(self.image_mean, device=device)[:, None, None]
         std = torch.tensor(self.image_std, device=device)[:, None, None]
         resized, sizes, out_targets = [], [], []
+        target_min = self.draw_min_size()  # one size per batch: the batch pads to one scale
         for i, image in enumerate(images):  # images differ in size: a loop over images
             if image.ndim != 3 or image.shape[0] != 3:
                 raise ValueError(f"image {i} must be a (3, H, W) tensor, got shape {tuple(image.shape)}")
             if image.dtype == torch.uint8:
                 image = image.float() / 255.0
-            image = self.resize((image.float() - mean) / std, self._target_min_size())
+            image = self.resize((image.float() - mean) / std, target_min)
             resized.append(image)
             sizes.append((image.shape[-2], image.shape[-1]))
             if targets is not None:

@@ -136,10 +136,13 @@ def suggest_anchors(
     max_size: int,
     fg_threshold: float,
     rounds: int = 3,
+    fit_sizes: bool = True,
+    fit_ratios: bool = True,
 ) -> tuple[list[float], list[float]]:
     """Sizes and ratios (as many as now) that maximise the fraction of boxes with an anchor at
     IoU >= ``fg_threshold``, by coordinate ascent from the current set over a grid of candidates
     (ties broken by the mean best IoU). Every candidate's IoU table is computed once.
+    ``fit_sizes`` / ``fit_ratios`` False keep the current sizes / ratios.
     """
     sizes = sorted(set(CANDIDATE_SIZES) | set(anchor_generator.sizes))
     ratios = sorted(set(CANDIDATE_RATIOS) | set(anchor_generator.aspect_ratios))
@@ -159,8 +162,8 @@ def suggest_anchors(
     current = score(chosen_s, chosen_r)
     for _ in range(rounds):
         improved = False
-        for chosen, n_candidates in ((chosen_s, len(sizes)), (chosen_r, len(ratios))):
-            for slot in range(len(chosen)):
+        for chosen, n_candidates, fit in ((chosen_s, len(sizes), fit_sizes), (chosen_r, len(ratios), fit_ratios)):
+            for slot in range(len(chosen) if fit else 0):
                 for candidate in range(n_candidates):
                     if candidate in chosen:
                         continue

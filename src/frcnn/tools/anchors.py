@@ -17,6 +17,7 @@ import torch
 
 from frcnn.modeling.anchors import AnchorGenerator
 from frcnn.tools.anchor_coverage import coverage_table, measure_coverage, suggest_anchors
+from frcnn.tools.auto_anchors import evaluation_size, start_generator
 from frcnn.tools.compose import CONF_DIR, compose_project_config
 
 
@@ -35,15 +36,13 @@ def main(argv: Sequence[str] | None = None, config_dir: str | Path = CONF_DIR, c
     cfg = compose_project_config(list(sys.argv[1:] if argv is None else argv), config_name, config_dir)
 
     rpn_cfg = cfg.model.rpn
-    anchor_generator = instantiate(rpn_cfg.anchor_generator)
+    anchor_generator = start_generator(rpn_cfg.anchor_generator)  # `auto`: the fit's starting set
     if isinstance(anchor_generator.sizes[0], Sequence):
         print("anchor coverage supports single-map models; this model has several feature levels")
         return 2
     fg = float(rpn_cfg.matcher.fg_iou_threshold)
     backbone = instantiate(cfg.backbone, weights=None, weights_path=None)  # only its stride is needed
-    min_size = cfg.model.transform.min_size
-    min_size = int(min_size if isinstance(min_size, int) else list(min_size)[-1])
-    max_size = int(cfg.model.transform.max_size)
+    min_size, max_size = evaluation_size(cfg.model.transform)
 
     datamodule = instantiate(cfg.data)
     records, _ = datamodule.check()["train"]

@@ -147,22 +147,24 @@ def main() -> None:
     parser.add_argument("--record", action="store_true", help="write the tables into bench/README.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    command = (f"python bench/export.py --models {' '.join(args.models)} --rounds {args.rounds} --threads {args.threads}"
+               + ("" if args.pt2 is None else " --pt2" + "".join(f" {m}" for m in args.pt2)))
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         results = []
         for name in args.models:
             pt2 = args.pt2 is not None and (not args.pt2 or name in args.pt2)
             results.append(bench_model(name, args.rounds, args.threads, Path(folder), pt2))
             print(table(results[-1]), flush=True)
-    command = (f"python bench/export.py --models {' '.join(args.models)} --rounds {args.rounds} --threads {args.threads}"
-               + ("" if args.pt2 is None else " --pt2" + "".join(f" {m}" for m in args.pt2)))
-    text = "\n\n".join(
-        [f"## Export\n\n{datetime.date.today()}, `{command}`, {machine(torch.device('cpu'))}, {args.threads} threads "
-         "for every runner. Medians over interleaved rounds; outputs checked equal to the rewritten eager model first.",
-         *(table(r) for r in results)]
-    )
+            text = "\n\n".join(
+                [f"## Export\n\n{datetime.date.today()}, `{command}`, {machine(torch.device('cpu'))}, {args.threads} threads "
+                 f"for every runner, load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} after the last "
+                 "model. Medians over interleaved rounds; outputs checked equal to the rewritten eager model first.",
+                 *(table(r) for r in results)]
+            )
+            if args.record:  # after every model: a later one killed (memory) keeps the earlier tables
+                record("## Export", text)
     print(text)
-    if args.record:
-        record("## Export", text)
 
 
 if __name__ == "__main__":

@@ -35,18 +35,24 @@ from .synthetic import batch
 from .test_compile import step
 
 
-def frozen_resnet18() -> nn.Module:
-    """ResNet-18 with frozen BatchNorm of varied statistics; stem + layer1 frozen, as fine-tuning does."""
-    torch.manual_seed(0)
-    model = resnet18(norm_layer=FrozenBatchNorm2d)
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
+def vary_frozen_batchnorm(module: nn.Module, seed: int = 1) -> None:
+    """Every FrozenBatchNorm2d in ``module`` gets varied statistics and affine terms (seeded), so
+    that a fold that mixes them up changes the output."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
         if isinstance(m, FrozenBatchNorm2d):
             C = m.weight.shape[0]
             m.weight.copy_(0.5 + torch.rand(C, generator=g))
             m.bias.copy_(0.2 * torch.randn(C, generator=g))
             m.running_mean.copy_(0.1 * torch.randn(C, generator=g))
             m.running_var.copy_(0.5 + torch.rand(C, generator=g))
+
+
+def frozen_resnet18() -> nn.Module:
+    """ResNet-18 with frozen BatchNorm of varied statistics; stem + layer1 frozen, as fine-tuning does."""
+    torch.manual_seed(0)
+    model = resnet18(norm_layer=FrozenBatchNorm2d)
+    vary_frozen_batchnorm(model)
     for stage in (model.conv1, model.layer1):
         stage.requires_grad_(False)
     return model.train()
@@ -124,14 +130,7 @@ def resnet18_detector():
     torch.manual_seed(0)
     with pytest.warns(UserWarning, match="frozen_bn=True without pretrained weights"):
         backbone = build_backbone("resnet18", trainable_layers=3)
-    g = torch.Generator().manual_seed(1)
-    for m in backbone.modules():
-        if isinstance(m, FrozenBatchNorm2d):
-            C = m.weight.shape[0]
-            m.weight.copy_(0.5 + torch.rand(C, generator=g))
-            m.bias.copy_(0.2 * torch.randn(C, generator=g))
-            m.running_mean.copy_(0.1 * torch.randn(C, generator=g))
-            m.running_var.copy_(0.5 + torch.rand(C, generator=g))
+    vary_frozen_batchnorm(backbone)
     return FasterRCNN(
         backbone, 2, rpn=small_rpn(),
         roi_heads=partial(RoIHeads, pooler=RoIPooler("roi_align", 7), box_head=partial(FCHead, hidden_dim=128),

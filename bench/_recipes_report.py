@@ -101,11 +101,11 @@ def coverage(runs: list[dict]) -> str:
             f"{fit['sizes']} x {fit['aspect_ratios']}")
 
 
-def report(rows: list[dict], command: str, date: datetime.date) -> tuple[str, str]:
+def report(rows: list[dict], command: str, date: datetime.date, section: str = SECTION) -> tuple[str, str]:
     groups = grouped(rows)
     loads = [v for r in rows for v in (r["load_start"], r["load_end"])]
     threads = sorted({r["threads"] for r in rows})
-    lines = [SECTION, "", f"{date:%Y-%m-%d}, `{command}` (the runs: the commands below), "
+    lines = [section, "", f"{date:%Y-%m-%d}, `{command}` (the runs: the commands below), "
              f"{machine_line(threads)}; load average {min(loads, default=0):.1f}-{max(loads, default=0):.1f} "
              "while the runs ran (others' jobs shared the 2 cores; the budget counts CPU time, not wall time).", "",
              *run_commands(rows), ""]
@@ -121,7 +121,7 @@ def report(rows: list[dict], command: str, date: datetime.date) -> tuple[str, st
             lines += [f"### {titles.get(suite, suite)}, {text}", "",
                       f"Budget {text} per run; mean ± standard deviation over the seeds (min-max).", ""]
             lines += budget_tables({name: runs for name, runs in recipes.items() if runs}, extras.get(suite))
-    return SECTION, "\n".join(lines)
+    return section, "\n".join(lines)
 
 
 def budget_of(row: dict) -> tuple[float, int]:

@@ -38,6 +38,7 @@ SMALL_GENERATOR = {"root": str(DATA / "shapes_small"), "min_box_size": 6, "max_b
 
 EMA = ["callbacks=[none,ema]", "callbacks.ema.decay=0.99", "callbacks.ema.warmup_steps=25"]
 MULTISCALE = ["model.transform.min_size=[384,416,448,480,512,544,576]", "model.transform.test_min_size=480"]
+SIZE_384 = ["model.transform.min_size=384", "model.transform.max_size=640"]
 AUTO_ANCHORS = ["model.rpn.anchor_generator.sizes=auto", "model.rpn.anchor_generator.aspect_ratios=auto"]
 
 TTA_SCALES = [400, 480, 560]
@@ -73,12 +74,11 @@ SUITES: dict[str, dict[str, tuple[list[str], dict]]] = {
         "multiscale": ([*RACCOON, *MULTISCALE], NO_TTA),
         "ema": ([*RACCOON, *EMA], NO_TTA),
         "auto_anchors": ([*RACCOON, *AUTO_ANCHORS], NO_TTA),
-    },
-    # The defaults the issue names (lr, image size, RoIs), one at a time, for the >= 0.93 target.
-    "raccoon_defaults": {
+        # The defaults the issue names (lr, image size, RoIs), one at a time, for the >= 0.93 target.
         "lr_0.02": ([*RACCOON, "optimizer.lr=0.02"], NO_TTA),
-        "size_384": ([*RACCOON, "model.transform.min_size=384", "model.transform.max_size=640"], NO_TTA),
+        "size_384": ([*RACCOON, *SIZE_384], NO_TTA),
         "rois_128": ([*RACCOON, "model.roi_heads.batch_size_per_image=128"], NO_TTA),
+        "lr_0.02_size_384": ([*RACCOON, "optimizer.lr=0.02", *SIZE_384], TTA),
     },
     "longtail": {
         "plain": (longtail_overrides(), NO_TTA),

@@ -112,6 +112,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--report", action="store_true", help="print the tables of the results file")
     parser.add_argument("--record", action="store_true", help="with --report: write them to bench/README.md")
+    parser.add_argument("--section", default="## Recipes",
+                        help="with --record: the README section (its heading) the tables replace")
     return parser.parse_args()
 
 
@@ -121,7 +123,7 @@ def main() -> None:
         run_all(args)
         return
     command = " ".join([".venv/bin/python", "bench/recipes.py", *map(shlex.quote, sys.argv[1:])])
-    section, text = report(list(finished(args.results).values()), command, datetime.date.today())
+    section, text = report(list(finished(args.results).values()), command, datetime.date.today(), args.section)
     print(text)
     if args.record:
         record(section, text)

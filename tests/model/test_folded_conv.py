@@ -8,13 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
-from frcnn.layers.folded_conv import scaled_weight_conv2d
+from frcnn.layers.folded_conv import _matmul_conv_backward, scaled_weight_conv2d
 
 
-def inputs(groups: int, channels_last: bool):
+# An 11 x 13 map: the output gradient is larger than the weight, so the backward scales the weight;
+# a 4 x 5 map: it is smaller, so the backward scales the gradient (both asserted below); a 3 x 3 map
+# with stride 2: no more output locations than channels, so the matmul backward runs (groups 1).
+MAPS = [(11, 13), (4, 5), (3, 3)]
+
+
+def inputs(groups: int, channels_last: bool, size: tuple[int, int] = MAPS[0]):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 8, 11, 13, generator=g)
+    x = torch.randn(2, 8, *size, generator=g)
     weight = torch.randn(12, 8 // groups, 3, 3, generator=g)
     if channels_last:
         x, weight = (t.contiguous(memory_format=torch.channels_last) for t in (x, weight))
@@ -22,10 +30,12 @@ def inputs(groups: int, channels_last: bool):
     return x.requires_grad_(), weight.requires_grad_(), scale, bias.requires_grad_()
 
 
+@pytest.mark.parametrize("size", MAPS)
 @pytest.mark.parametrize("groups,stride,padding,channels_last", [(1, 1, 1, False), (2, 2, 0, True), (4, 2, 1, False)])
-def test_output_and_gradients_equal_autograd_through_the_scaled_weight(groups, stride, padding, channels_last):
-    x, weight, scale, bias = inputs(groups, channels_last)
+def test_output_and_gradients_equal_autograd_through_the_scaled_weight(groups, stride, padding, channels_last, size):
+    x, weight, scale, bias = inputs(groups, channels_last, size)
     expected = F.conv2d(x, weight * scale[:, None, None, None], bias, stride, padding, 1, groups)
+    assert (expected.numel() < weight.numel()) == (size != MAPS[0])  # each backward branch is covered
     got = scaled_weight_conv2d(x, weight, scale, bias, stride, padding, 1, groups)
     assert_close(got, expected, rtol=0, atol=0)  # the same convolution
     grad = torch.randn_like(expected)
@@ -34,8 +44,9 @@ def test_output_and_gradients_equal_autograd_through_the_scaled_weight(groups, s
         assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
-def test_under_bf16_autocast_it_computes_as_autocasts_convolution():
-    x, weight, scale, bias = inputs(1, False)
+@pytest.mark.parametrize("size", MAPS)
+def test_under_bf16_autocast_it_computes_as_autocasts_convolution(size):
+    x, weight, scale, bias = inputs(1, False, size)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = F.conv2d(x, weight * scale[:, None, None, None], bias, 1, 1)
         got = scaled_weight_conv2d(x, weight, scale, bias, 1, 1, 1, 1)
@@ -58,3 +69,55 @@ def test_the_scaled_weight_is_not_kept_for_the_backward():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
         F.conv2d(x, weight * scale[:, None, None, None], bias, 1, 1)  # plain autograd keeps W * s
     assert any(t.shape == weight.shape and t.data_ptr() != weight.data_ptr() for t in kept)
+
+
+class _Allocations(TorchDispatchMode):
+    """The shapes of the distinct storages that the dispatched ops return (views and detaches of
+    one tensor count once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.storages: dict[int, tuple[int, ...]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.storages.setdefault(t.untyped_storage().data_ptr(), tuple(t.shape))
+        return out
+
+    def count(self, shape: torch.Size) -> int:
+        return list(self.storages.values()).count(tuple(shape))
+
+
+def weight_sized_in_backward(size: tuple[int, int]) -> int:
+    x, weight, scale, bias = inputs(1, False, size)
+    out = scaled_weight_conv2d(x, weight, scale, bias, 1, 1, 1, 1)
+    with _Allocations() as mode:
+        out.backward(torch.ones_like(out))
+    return mode.count(weight.shape)
+
+
+def test_where_the_gradient_is_smaller_the_backward_makes_no_weight_sized_copy():
+    assert weight_sized_in_backward(MAPS[1]) == 1  # 4 x 5 map (480 gradient values, 864 weights): dW only
+    assert weight_sized_in_backward(MAPS[0]) == 2  # 11 x 13: the scaled weight again, then dW
+
+
+@pytest.mark.parametrize("stride,padding,dilation,channels_last", [(1, 1, 1, False), (2, 0, 1, True), (2, 2, 2, False),
+                                                                  (1, 0, 1, True)])
+@pytest.mark.parametrize("kernel", [3, 1])
+def test_the_matmul_backward_equals_the_convolutions(stride, padding, dilation, channels_last, kernel):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, 5, 7, generator=g, dtype=torch.float64)
+    weight = torch.randn(40, 6, kernel, kernel, generator=g, dtype=torch.float64)
+    if channels_last:
+        x, weight = (t.contiguous(memory_format=torch.channels_last) for t in (x, weight))
+    out = F.conv2d(x, weight, None, stride, padding, dilation)
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    expected_x, expected_w, _ = torch.ops.aten.convolution_backward(
+        grad, x, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0], 1, [True, True, False])
+    got_x, got_w = _matmul_conv_backward(grad, x, weight, [stride] * 2, [padding] * 2, [dilation] * 2, True, True)
+    assert_close(got_x, expected_x, rtol=1e-12, atol=1e-12)
+    assert_close(got_w, expected_w, rtol=1e-12, atol=1e-12)
+    if channels_last:  # the input gradient in the input's layout
+        assert got_x.is_contiguous(memory_format=torch.channels_last)

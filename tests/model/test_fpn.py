@@ -164,6 +164,32 @@ def test_multi_level_roi_align_equals_multiscale_roi_align(strides):
         assert_close(zero if a is None else a, zero if b is None else b, rtol=1e-4, atol=1e-4)
 
 
+def test_inference_pools_each_level_in_chunks_with_the_same_values(monkeypatch):
+    """Without autograd a level is pooled a few RoIs at a time (no level-sized intermediate beside
+    the output); the values stay torchvision's. With autograd, one call per level."""
+    from frcnn.modeling.roi_heads import poolers
+
+    features = pyramid(2, 512, 640, strides=(4, 8, 16, 32), channels=4, seed=2)
+    boxes = [random_boxes(60, 500.0, seed=3), random_boxes(40, 500.0, seed=4)]
+    named_strides = {name: s for name, s in zip(features, [4, 8, 16, 32, 64])}
+    monkeypatch.setattr(poolers, "POOL_CHUNK_BYTES", 3 * 4 * 7 * 7 * 4)  # 3 RoIs of 4 channels
+    pooler = MultiLevelRoIPooler()
+    calls = []
+    pool_rois = pooler.pooler.pool_rois
+    monkeypatch.setattr(pooler.pooler, "pool_rois", lambda f, r, s: calls.append(len(r)) or pool_rois(f, r, s))
+    expected = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)(features, boxes, [(500, 640), (512, 600)])
+    with torch.no_grad():
+        got = pooler(features, boxes, named_strides)
+    assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    per_level = torch.bincount(fpn_levels(torch.cat(boxes), 2, 5), minlength=4).tolist()
+    assert sorted(calls, reverse=True) == sorted([min(3, n - i) for n in per_level for i in range(0, n, 3)], reverse=True)
+    assert max(calls) == 3 and sum(calls) == 100
+    calls.clear()
+    leaves = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in features.items())
+    assert_close(pooler(leaves, boxes, named_strides), expected, rtol=1e-4, atol=1e-4)
+    assert sorted(calls) == sorted(n for n in per_level if n)  # training: one call per level
+
+
 def test_mobilenet_fpn_backbone_is_torchvisions():
     reference = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None).backbone
     ours = build_fpn_backbone("mobilenet_v3_large_fpn", frozen_bn=False)

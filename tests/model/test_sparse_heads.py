@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.testing import assert_close
 
-from frcnn.layers.sparse_heads import conv_relu_heads
+from frcnn.layers import sparse_heads
+from frcnn.layers.sparse_heads import conv_relu_heads, runs_dense
 from frcnn.modeling.rpn.head import RPNHead
 
 
@@ -60,6 +61,31 @@ def test_gradients_equal_autograd_of_the_plain_convolutions(channels_last, expec
         assert_close(g, e, rtol=1e-5, atol=1e-6)
     if not dense:  # only the 3 x 3 windows of the four locations receive an input gradient
         assert (got[0] != 0).any(dim=1).sum() <= 4 * 9
+
+
+def test_the_dense_backward_runs_for_many_locations_unless_the_weight_is_larger():
+    assert not runs_dense(carrying=10, locations=100, trunk_channels=8)  # 10 % of the map
+    assert runs_dense(carrying=60, locations=100, trunk_channels=8)  # 60 %: dense
+    assert runs_dense(carrying=60, locations=100, trunk_channels=120)  # 2 * 60 >= 120
+    assert not runs_dense(carrying=60, locations=100, trunk_channels=121)  # the weight outweighs the patches
+    # MobileNetV2's RPN on 384 px (12 x 12 map, batch 2, every location carrying): sparse
+    assert not runs_dense(carrying=288, locations=288, trunk_channels=1280)
+
+
+def test_a_wide_trunk_on_a_small_map_takes_the_sparse_backward_with_autograds_gradients(monkeypatch):
+    torch.manual_seed(0)
+    conv, heads = nn.Conv2d(16, 96, 3, padding=1), [nn.Conv2d(96, 3, 1), nn.Conv2d(96, 12, 1)]
+    x = torch.randn(2, 16, 3, 4, requires_grad=True)  # 24 locations, every one carrying: 2 * 24 < 96
+    grads = (torch.randn(2, 3, 3, 4), torch.randn(2, 12, 3, 4))
+    leaves = [x, conv.weight, conv.bias, *(t for h in heads for t in (h.weight, h.bias))]
+    expected = torch.autograd.grad(reference(x, conv, heads), leaves, grads)
+    calls = []
+    sparse = sparse_heads._sparse_backward
+    monkeypatch.setattr(sparse_heads, "_sparse_backward", lambda *a: calls.append(1) or sparse(*a))
+    got = torch.autograd.grad(conv_relu_heads(x, conv, heads), leaves, grads)
+    assert calls == [1]
+    for g, e in zip(got, expected, strict=True):
+        assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
 def test_an_unused_output_gets_no_gradient():

@@ -19,7 +19,8 @@ sums, without the terms that are zero (float rounding differs: another summation
 ``hidden`` is saved only where the caller expects many locations to carry a gradient
 (``expected_share``); elsewhere it is recomputed at the P locations in the backward (one more small
 matmul), which keeps a map per level out of the step's memory peak. When most locations carry a
-gradient after all (another loss on the outputs), the ordinary dense backward runs.
+gradient after all (another loss on the outputs, or a small map), the ordinary dense backward
+runs, unless the trunk's weight outweighs the patches (``runs_dense``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Above this share of gradient-carrying locations the dense backward runs (gathering k * k patches
-# per location then costs more than the convolutions' own backward).
+# per location then costs more than the convolutions' own backward) -- unless the weight is the
+# larger operand (``runs_dense``).
 DENSE_SHARE = 0.5
 # Below this expected share, ``hidden`` is recomputed at the P locations instead of saved: that
 # costs at most this share of the forward, and saves a (N, D, H, W) map until the backward.
@@ -44,6 +46,16 @@ def _hidden(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 def _heads(hidden: Tensor, heads: Sequence[tuple[Tensor, Tensor | None]]) -> tuple[Tensor, ...]:
     return tuple(F.conv2d(hidden, w, b) for w, b in heads)
+
+
+def runs_dense(carrying: int, locations: int, trunk_channels: int) -> bool:
+    """Whether the backward runs dense: more than ``DENSE_SHARE`` of the ``locations`` (N * H * W)
+    carry a gradient, and the patches (P, k * k * C) are at least half the trunk weight
+    (D, k * k * C), i.e. 2 P >= D. Where the weight is the larger, oneDNN's dense weight gradient
+    allocates two more weight-sized buffers while the patches are small, and the matmuls are
+    faster too (MobileNetV2's 1280 -> 1280 RPN conv on a 12 x 12 map, batch 2, 2 threads: 158 ms
+    against 203 ms, 113 MB less at the step's memory peak)."""
+    return carrying > DENSE_SHARE * locations and 2 * carrying >= trunk_channels
 
 
 def _taps(n: Tensor, y: Tensor, x: Tensor, k: int, H: int, W: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -78,7 +90,7 @@ class _SparseGradConvHeads(torch.autograd.Function):
             if g is not None:
                 carrying |= (g != 0).any(dim=1)
         n, y, xx = carrying.nonzero(as_tuple=True)  # the P locations, (P,) each
-        if len(n) > DENSE_SHARE * N * H * W:
+        if runs_dense(len(n), N * H * W, weight.shape[0]):
             found = _dense_backward(ctx.needs_input_grad, x, weight, bias, hidden, heads, grads)
         else:
             found = _sparse_backward(ctx.needs_input_grad, x, weight, bias, hidden, heads, grads, (n, y, xx))

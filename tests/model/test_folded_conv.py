@@ -13,7 +13,6 @@ from torch.utils._pytree import tree_flatten
 
 from frcnn.layers.folded_conv import _matmul_conv_backward, scaled_weight_conv2d
 
-
 # An 11 x 13 map: the output gradient is larger than the weight, so the backward scales the weight;
 # a 4 x 5 map: it is smaller, so the backward scales the gradient (both asserted below); a 3 x 3 map
 # with stride 2: no more output locations than channels, so the matmul backward runs (groups 1).

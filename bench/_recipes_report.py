@@ -107,7 +107,8 @@ def report(rows: list[dict], command: str, date: datetime.date, section: str = S
     threads = sorted({r["threads"] for r in rows})
     lines = [section, "", f"{date:%Y-%m-%d}, `{command}` (the runs: the commands below), "
              f"{machine_line(threads)}; load average {min(loads, default=0):.1f}-{max(loads, default=0):.1f} "
-             "while the runs ran (others' jobs shared the 2 cores; the budget counts CPU time, not wall time).", "",
+             "while the runs ran (the budget counts CPU time, not wall time; other jobs on the cores still move a step's CPU "
+             "seconds through the shared caches).", "",
              *run_commands(rows), ""]
     titles = {"raccoon": "Raccoon (mAP@0.5 VOC area on the 40 val images)",
               "longtail": f"Long-tail shapes (`{RARE}` 20x rarer in training; rare class AP@[.5:.95] / AP@0.5)",

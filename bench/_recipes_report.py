@@ -37,19 +37,25 @@ def grouped(rows: list[dict]) -> dict[str, dict[str, list[dict]]]:
 
 def recipe_table(recipes: dict[str, list[dict]], extra: dict[str, callable] | None = None) -> list[str]:
     extra = extra or {}
-    plain = [r["eval"]["none"]["voc_map_50"] for r in recipes.get("plain", [])]
-    head = "| recipe | seeds | steps | train CPU s | mAP@0.5 VOC | Δ vs plain | COCO map | COCO map_50 |"
+    plain = {r["seed"]: r["eval"]["none"]["voc_map_50"] for r in recipes.get("plain", [])}
+    head = "| recipe | seeds | steps | train CPU s | mAP@0.5 VOC | Δ vs plain (same seeds) | COCO map | COCO map_50 |"
     lines = [head + "".join(f" {name} |" for name in extra),
              "| --- | ---: | ---: | ---: | --- | ---: | --- | --- |" + " --- |" * len(extra)]
     for name, runs in recipes.items():
         voc = [r["eval"]["none"]["voc_map_50"] for r in runs]
         cells = [name, str(len(runs)), f"{mean([r['steps'] for r in runs]):.0f}",
                  f"{mean([r['train_cpu_s'] for r in runs]):.0f}", spread(voc),
-                 f"{mean(voc) - mean(plain):+.4f}" if plain and name != "plain" else "",
+                 paired_delta(runs, plain) if name != "plain" else "",
                  spread([r["eval"]["none"]["map"] for r in runs]), spread([r["eval"]["none"]["map_50"] for r in runs])]
         cells += [fn(runs) for fn in extra.values()]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def paired_delta(runs: list[dict], plain: dict[int, float]) -> str:
+    """Mean over the seeds both have of (recipe - plain) mAP@0.5 VOC, with those seeds' count."""
+    pairs = [r["eval"]["none"]["voc_map_50"] - plain[r["seed"]] for r in runs if r["seed"] in plain]
+    return f"{mean(pairs):+.4f} ({len(pairs)})" if pairs else ""
 
 
 def tta_table(runs: list[dict]) -> list[str]:

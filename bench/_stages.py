@@ -141,24 +141,38 @@ def _cpu_peak_bytes(prof: profile) -> int | None:
     return peak
 
 
+def peak_bytes(step: Callable[[], object], device: torch.device) -> int | None:
+    """The memory peak of one run of ``step`` above its start (bytes): CUDA's allocator statistics,
+    or on a CPU the allocator records of a profiler run that records nothing else. Recording input
+    shapes keeps small tensors alive past their last use: ~5.6 MB of the sparse RoIAlign's per-chunk
+    taps at MobileNetV2 inference's peak (152.0 MB without, 157.6 MB with record_shapes)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start_bytes = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - start_bytes
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    return _cpu_peak_bytes(prof)
+
+
 def profile_step(step: Callable[[], object], device: torch.device, top: int = 6) -> StepProfile:
-    """Run ``step`` once under the profiler (stage hooks installed) and break its time down.
+    """Run ``step`` once for its memory peak (``peak_bytes``), then once under the profiler (stage
+    hooks installed) and break its time down.
 
     Times are CPU times on the CPU and kernel times on CUDA, in milliseconds.
     """
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start_bytes = torch.cuda.memory_allocated(device)
-    with profile(activities=activities, profile_memory=True, record_shapes=True) as prof:
+    peak = peak_bytes(step, device)
+    with profile(activities=activities, record_shapes=True) as prof:
         start = time.perf_counter()
         step()
         if cuda:
             torch.cuda.synchronize(device)
         wall_ms = 1000 * (time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated(device) - start_bytes if cuda else _cpu_peak_bytes(prof)
 
     def ms(event) -> float:
         return (event.device_time_total if cuda else event.cpu_time_total) / 1000

@@ -22,6 +22,7 @@ from frcnn.layers.roi_align import crop_and_resize, roi_align
 # Inference: the most bytes a multi-level pooler's per-call result takes (``MultiLevelRoIPooler``).
 POOL_CHUNK_BYTES = 4 * 2**20
 
+
 def boxes_to_rois(boxes_per_image: Sequence[Tensor]) -> Tensor:
     """Per image boxes (R_i, 4) -> (R, 5) rows ``(batch_index, x1, y1, x2, y2)``."""
     index = torch.cat(
@@ -151,7 +152,7 @@ class MultiLevelRoIPooler(nn.Module):
         out = first.new_zeros((rois.shape[0], first.shape[1], S, S))
         # Without autograd each level is pooled in chunks of RoIs, so no level-sized result sits beside
         # ``out`` (at test time most RoIs pool from one level: that was ~40 % of FPN inference's memory
-        # peak). With autograd a level is one call: each call's backward makes a level-sized gradient.
+        # peak). With autograd a level is one call: each call's backward makes a map-sized gradient.
         # Traced / compiled graphs keep one call per level (a loop over data-dependent chunks would be
         # baked in at its traced length).
         chunked = not (

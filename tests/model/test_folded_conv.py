@@ -11,11 +11,12 @@ from torch.testing import assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from frcnn.layers import folded_conv
 from frcnn.layers.folded_conv import _matmul_conv_backward, scaled_weight_conv2d
 
 # An 11 x 13 map: the output gradient is larger than the weight, so the backward scales the weight;
-# a 4 x 5 map: it is smaller, so the backward scales the gradient (both asserted below); a 3 x 3 map
-# with stride 2: no more output locations than channels, so the matmul backward runs (groups 1).
+# 4 x 5 and 3 x 3 maps: it is smaller, so the backward scales the gradient (asserted below). The
+# matmul backward (no more output locations than channels, groups 1) has its own test below.
 MAPS = [(11, 13), (4, 5), (3, 3)]
 
 
@@ -120,3 +121,19 @@ def test_the_matmul_backward_equals_the_convolutions(stride, padding, dilation, 
     assert_close(got_w, expected_w, rtol=1e-12, atol=1e-12)
     if channels_last:  # the input gradient in the input's layout
         assert got_x.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_small_map_takes_the_matmul_backward_with_autograds_gradients(channels_last, monkeypatch):
+    x, weight, scale, bias = inputs(1, channels_last, MAPS[2])  # 3 x 3, stride 2, padding 1: 2 x 2 out
+    expected = F.conv2d(x, weight * scale[:, None, None, None], bias, 2, 1)
+    assert expected.shape[0] * expected.shape[2] * expected.shape[3] <= weight.shape[0]  # 8 locations, 12 channels
+    calls = []
+    matmul = folded_conv._matmul_conv_backward
+    monkeypatch.setattr(folded_conv, "_matmul_conv_backward", lambda *a: calls.append(1) or matmul(*a))
+    got = scaled_weight_conv2d(x, weight, scale, bias, 2, 1, 1, 1)
+    grad = torch.randn_like(expected)
+    for g, e in zip(torch.autograd.grad(got, (x, weight, bias), grad),
+                    torch.autograd.grad(expected, (x, weight, bias), grad), strict=True):
+        assert_close(g, e, rtol=1e-5, atol=1e-5)
+    assert calls == [1]

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
 
 from frcnn.modeling.batched import top_k_per_group
 from frcnn.modeling.boxes import BoxCoder, clip_boxes
+from frcnn.modeling.nms import nms_top_k
 
 
 @dataclass
@@ -74,7 +74,8 @@ def select_proposals(
     valid = (w >= min_box_size) & (h >= min_box_size) & torch.isfinite(logits)
     valid &= torch.sigmoid(logits) >= score_threshold
     keep = valid.nonzero()[:, 0]
-    keep = keep[batched_nms(boxes[keep], logits[keep], group[keep], nms_threshold)]
+    # An image's best post_nms_top_n come from the first post_nms_top_n survivors of each level.
+    keep = keep[nms_top_k(boxes[keep], logits[keep], group[keep], nms_threshold, post_nms_top_n)]
     keep = keep[top_k_per_group(logits[keep], image_idx[keep], post_nms_top_n)]  # by image, best first
     counts = torch.bincount(image_idx[keep], minlength=N).tolist()
     return Proposals(list(boxes[keep].split(counts)), list(logits[keep].split(counts)))

@@ -1,0 +1,57 @@
+"""Greedy NMS that stops at ``k`` kept boxes per group: the RPN keeps the best ``post_nms_top_n``
+(300-2000) of the 1000-12000 candidates per image and level, and NMS over all of them was the
+largest single cost of a CPU training step (a third of a MobileNetV2 raccoon step).
+
+Greedy NMS decides each box from the boxes ranked above it alone, so NMS over the ``m`` best boxes
+keeps exactly the boxes NMS over all of them keeps among those ``m``. The first ``k`` kept boxes
+therefore come out of NMS over the shortest prefix that holds them; here that prefix is found by
+trying 3 k boxes and growing by the kept fraction seen. NMS costs about (boxes kept) x (boxes
+looked at), so stopping at 600 kept of 12000 (~1500 boxes looked at, against ~4000 kept of 12000)
+does ~1/30 of the work.
+
+Shape shorthand: E boxes, G groups (the RPN's (image, level) pairs), boxes (x1, y1, x2, y2).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms, nms
+
+from frcnn.modeling.batched import top_k_per_group
+
+FIRST_TRY = 3  # boxes looked at first, per box wanted (600 kept of the RPN's 12000 took 1300-2100)
+GROWTH = 1.25  # margin over the boxes the kept fraction so far says are needed
+
+
+def nms_top_k(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float, k: int) -> Tensor:
+    """boxes (E, 4), scores (E,), groups (E,) int64 >= 0 -> indices of the first ``k`` boxes greedy
+    NMS keeps in each group (``batched_nms``'s survivors cut to the ``k`` best of each group),
+    ordered by group, then by decreasing score. Boxes of equal score rank in input order.
+
+    On CPU it looks only at the prefix of each group's ranking that holds its first ``k`` survivors;
+    elsewhere (CUDA's NMS is one parallel pass) and when tracing or compiling for export, it runs
+    ``batched_nms`` over everything and cuts. The two give the same boxes.
+    """
+    if k <= 0 or boxes.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    if boxes.device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        keep = batched_nms(boxes, scores, groups, iou_threshold)
+        return keep[top_k_per_group(scores[keep], groups[keep], k)]
+    order = torch.sort(scores, descending=True, stable=True).indices
+    order = order[torch.sort(groups[order], stable=True).indices]  # by group, best first
+    kept = []
+    for ranked in order.split(torch.bincount(groups).tolist()):  # a loop over groups
+        count = ranked.numel()
+        looked = min(count, FIRST_TRY * k)
+        while True:
+            prefix = ranked[:looked]
+            # Scores by rank: torchvision's sort then keeps this order exactly, ties included.
+            rank_scores = torch.arange(looked, 0, -1, dtype=boxes.dtype)
+            survivors = nms(boxes[prefix], rank_scores, iou_threshold)  # positions in prefix, by rank
+            if survivors.numel() >= k or looked == count:
+                break
+            needed = looked * k / max(survivors.numel(), 1) * GROWTH
+            looked = min(count, max(2 * looked, int(needed) + 1))
+        kept.append(prefix[survivors[:k]])
+    return torch.cat(kept)

@@ -13,7 +13,7 @@ to its end (forward, backward, the optimizer, the EMA update; not the data loadi
 this process between batches with ``num_workers=0``), sets the lr by the fraction of the budget
 spent (linear warm-up over the first 10 %, then cosine to 0.01x, as bench/finetune_raccoon.py) and
 stops training once the budget is spent. The module then holds what a checkpoint would (the EMA
-weights when the EMA callback is on).
+weights when the EMA callback is on); its state dict is saved as ``model.pt`` in ``run_dir``.
 """
 
 from __future__ import annotations
@@ -136,6 +136,8 @@ def main() -> None:
 
     probed = probe_models(module, probes[0]) if probes else {}  # before the module's model is folded
     model = module.model.cpu().eval()
+    # What a checkpoint would hold (the EMA weights when on), to evaluate other TTA variants later.
+    torch.save(model.state_dict(), Path(spec["run_dir"]) / "model.pt")
     optimize_for_inference(model)  # as eval.py does
     loader = datamodule.val_dataloader()
     results = {name: evaluate(model, loader, datamodule.class_names, tta) for name, tta in spec["tta"].items()}

@@ -76,6 +76,7 @@ SUITES: dict[str, dict[str, tuple[list[str], dict]]] = {
     "raccoon": {
         "plain": ([*RACCOON], TTA),
         "multiscale": ([*RACCOON, *MULTISCALE], NO_TTA),
+        "multiscale_tta": ([*RACCOON, *MULTISCALE], TTA),  # the same training, every TTA variant evaluated
         "ema": ([*RACCOON, *EMA], NO_TTA),
         "auto_anchors": ([*RACCOON, *AUTO_ANCHORS], NO_TTA),
         # The defaults the issue names (lr, image size, RoIs), one at a time, for the >= 0.93 target.

@@ -38,8 +38,9 @@ def test_equals_batched_nms_cut_to_k(k, threshold):
 
 
 def test_grows_the_prefix_when_the_first_try_keeps_too_few(monkeypatch):
-    """50 identical boxes, then 2 apart: each try keeps 1 of the identical ones until the prefix
-    reaches the 2 at the end."""
+    """50 identical boxes, then 2 apart, k = 3: the first slice (3 k = 9 boxes) keeps 1; the next
+    round runs NMS over that survivor and boxes 9 .. 72 (max(9 + 64, 9 * 3 / 1 * 1.25)), capped at
+    the 52 there are."""
     same = torch.tensor([[0.0, 0.0, 10.0, 10.0]]).repeat(50, 1)
     apart = torch.tensor([[100.0, 100.0, 110.0, 110.0], [200.0, 200.0, 210.0, 210.0]])
     boxes = torch.cat([same, apart])
@@ -50,8 +51,23 @@ def test_grows_the_prefix_when_the_first_try_keeps_too_few(monkeypatch):
     monkeypatch.setattr(nms_module, "nms", lambda b, s, t: calls.append(b.shape[0]) or real(b, s, t))
     kept = nms_top_k(boxes, scores, groups, 0.5, k=3)
     assert kept.tolist() == [0, 50, 51]
-    # 3 k = 9 boxes keep 1: 9 * 3 / 1 * 1.25 = 33.75 -> 34; those keep 1: 127.5 -> 128, capped at 52
-    assert calls == [9, 34, 52]
+    assert calls == [9, 1 + 43]
+    calls.clear()
+    assert nms_top_k(boxes, scores, groups, 0.5, k=9).tolist() == [0, 50, 51]
+    assert calls == [52]  # 3 k is half the group or more: all of it at once
+
+
+def test_many_rounds_give_the_same_boxes(monkeypatch):
+    """A first slice of 1 box and no margin: many rounds per group."""
+    monkeypatch.setattr(nms_module, "FIRST_TRY", 0.01)
+    monkeypatch.setattr(nms_module, "GROWTH", 1.0)
+    calls = []
+    real = nms_module.nms
+    monkeypatch.setattr(nms_module, "nms", lambda b, s, t: calls.append(b.shape[0]) or real(b, s, t))
+    boxes, scores, groups = clustered_boxes(3000, groups=2, seed=3)
+    ours = nms_top_k(boxes, scores, groups, 0.5, 100)
+    assert torch.equal(ours, reference(boxes, scores, groups, 0.5, 100))
+    assert len(calls) > 4
 
 
 def test_ties_rank_in_input_order():

@@ -40,18 +40,32 @@ def nms_top_k(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: floa
         return keep[top_k_per_group(scores[keep], groups[keep], k)]
     order = torch.sort(scores, descending=True, stable=True).indices
     order = order[torch.sort(groups[order], stable=True).indices]  # by group, best first
-    kept = []
-    for ranked in order.split(torch.bincount(groups).tolist()):  # a loop over groups
-        count = ranked.numel()
-        looked = min(count, FIRST_TRY * k)
-        while True:
-            prefix = ranked[:looked]
-            # Scores by rank: torchvision's sort then keeps this order exactly, ties included.
-            rank_scores = torch.arange(looked, 0, -1, dtype=boxes.dtype)
-            survivors = nms(boxes[prefix], rank_scores, iou_threshold)  # positions in prefix, by rank
-            if survivors.numel() >= k or looked == count:
-                break
-            needed = looked * k / max(survivors.numel(), 1) * GROWTH
-            looked = min(count, max(2 * looked, int(needed) + 1))
-        kept.append(prefix[survivors[:k]])
-    return torch.cat(kept)
+    kept = [_first_k(boxes, ranked, iou_threshold, k) for ranked in order.split(torch.bincount(groups).tolist())]
+    return torch.cat(kept)  # a loop over groups
+
+
+def _first_k(boxes: Tensor, ranked: Tensor, iou_threshold: float, k: int) -> Tensor:
+    """ranked (R,) indices of one group's boxes, best first -> its first ``k`` NMS survivors.
+
+    Rounds over consecutive slices of the ranking: NMS over the survivors so far, ranked first,
+    followed by the slice. Survivors of greedy NMS never suppress one another, so they all stay,
+    and they suppress the slice's boxes as NMS over the whole prefix would (greedy NMS decides a
+    box from the survivors ranked above it alone): exact. The first slice is ``FIRST_TRY`` k boxes
+    (all of them where that is half or more); each next one reaches as far as the survivors' rate
+    so far says ``k`` needs, with a margin.
+    """
+    count = ranked.numel()
+    end = count if 2 * FIRST_TRY * k >= count else int(FIRST_TRY * k)
+    survivors = ranked[:0]
+    done = 0
+    while True:
+        candidates = torch.cat([survivors, ranked[done:end]])
+        # Scores by rank (float32: exact integers up to 2^24): torchvision's sort then keeps this
+        # order exactly, ties included.
+        rank_scores = torch.arange(candidates.numel(), 0, -1, dtype=torch.float32)
+        survivors = candidates[nms(boxes[candidates].float(), rank_scores, iou_threshold)]  # by rank
+        done = end
+        if survivors.numel() >= k or done == count:
+            return survivors[:k]
+        needed = done * k / max(survivors.numel(), 1) * GROWTH
+        end = min(count, max(done + 64, int(needed) + 1))

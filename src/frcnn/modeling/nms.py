@@ -1,6 +1,7 @@
 """Greedy NMS that stops at ``k`` kept boxes per group: the RPN keeps the best ``post_nms_top_n``
 (300-2000) of the 1000-12000 candidates per image and level, and NMS over all of them was the
-largest single cost of a CPU training step (a third of a MobileNetV2 raccoon step).
+largest single op of a CPU training step early in training (a third of a MobileNetV2 raccoon step
+from the ImageNet weights; ~12 % once the RPN's boxes cluster, bench/README.md "Training speed-ups").
 
 Greedy NMS decides each box from the boxes ranked above it alone, so NMS over the ``m`` best boxes
 keeps exactly the boxes NMS over all of them keeps among those ``m``. The first ``k`` kept boxes

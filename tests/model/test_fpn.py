@@ -176,7 +176,7 @@ def test_inference_pools_each_level_in_chunks_with_the_same_values(monkeypatch):
     pooler = MultiLevelRoIPooler()
     calls = []
     pool_rois = pooler.pooler.pool_rois
-    monkeypatch.setattr(pooler.pooler, "pool_rois", lambda f, r, s: calls.append(len(r)) or pool_rois(f, r, s))
+    monkeypatch.setattr(pooler.pooler, "pool_rois", lambda f, r, s, layout: calls.append(len(r)) or pool_rois(f, r, s, layout))
     expected = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)(features, boxes, [(500, 640), (512, 600)])
     with torch.no_grad():
         got = pooler(features, boxes, named_strides)

@@ -102,3 +102,40 @@ def test_crop_and_resize_gradient_equals_finite_differences():
     features = torch.randn(2, 3, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
     rois = torch.tensor([[0, 0.3, -0.8, 4.6, 3.2], [1, 2.0, 1.5, 6.4, 5.9], [1, -1.5, 0.0, 2.0, 6.5]], dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda f: crop_and_resize(f, rois, 4), (features,))
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("kernel", ["sparse", "torchvision"])
+@pytest.mark.parametrize("features_layout", [torch.channels_last, torch.contiguous_format])
+def test_roi_align_in_channels_last_equals_torchvision_and_keeps_the_layouts(kernel, features_layout):
+    """``memory_format=channels_last`` (what the C4 head asks for): the result is laid out
+    channels-last with torchvision's values; a channels-last output gradient comes back as the
+    features' gradient in the features' own layout, with torchvision's values."""
+    g = torch.Generator().manual_seed(11)
+    features = torch.randn(2, 6, 9, 12, generator=g).contiguous(memory_format=features_layout).requires_grad_()
+    rois = _random_rois(g)
+    ours = roi_align(features, rois, 7, 1 / 16, 2, False, kernel=kernel, memory_format=torch.channels_last)
+    theirs = tv_roi_align(features, rois, (7, 7), 1 / 16, 2, False)
+    assert _is_channels_last(ours)
+    assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn(ours.shape, generator=g).contiguous(memory_format=torch.channels_last)
+    (grad_ours,) = torch.autograd.grad(ours, features, upstream)
+    (grad_theirs,) = torch.autograd.grad(theirs, features, upstream.contiguous())
+    assert_close(grad_ours, grad_theirs, atol=1e-4, rtol=1e-5)
+    assert _is_channels_last(grad_ours) == (features_layout == torch.channels_last)
+    assert grad_ours.is_contiguous(memory_format=features_layout)
+
+
+@pytest.mark.parametrize("method", ["crop_and_resize", "roi_align", "roi_pool"])
+def test_pooler_gives_the_asked_layout_with_the_same_values(method):
+    g = torch.Generator().manual_seed(3)
+    f = torch.randn(2, 5, 8, 8, generator=g).contiguous(memory_format=torch.channels_last)
+    boxes = [torch.tensor([[8.0, 16.0, 96.0, 80.0]]), torch.tensor([[0.0, 0.0, 128.0, 128.0], [30.0, 40.0, 50.0, 70.0]])]
+    pooler = RoIPooler(method, 7)
+    plain = pooler(f, boxes, 16)
+    last = pooler(f, boxes, 16, torch.channels_last)
+    assert plain.is_contiguous() and _is_channels_last(last)
+    assert_close(last, plain, atol=1e-6, rtol=1e-6)

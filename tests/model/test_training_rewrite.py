@@ -26,7 +26,7 @@ from frcnn.layers.training_rewrite import (
 from frcnn.modeling import FasterRCNN
 from frcnn.modeling.backbone import build_backbone
 from frcnn.modeling.roi_heads import RoIHeads
-from frcnn.modeling.roi_heads.box_head import FCHead
+from frcnn.modeling.roi_heads.box_head import FCHead, ResNetC5Head
 from frcnn.modeling.roi_heads.poolers import RoIPooler
 from frcnn.modeling.transform import InputTransform
 
@@ -151,5 +151,46 @@ def test_rewritten_detector_training_step_equals_the_plain_step():
     for name, value in expected_losses.items():
         assert_close(got_losses[name], value, rtol=1e-5, atol=1e-6, msg=name)
     assert got_grads.keys() == expected_grads.keys() and "backbone.body.layer2.0.conv1.weight" in got_grads
+    for name, grad in expected_grads.items():
+        assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-4 * grad.abs().max().item(), msg=name)
+
+
+def resnet18_c4_detector():
+    """The C4 design: ResNet-18 to layer3, RoIAlign 14x14, layer4 as the box head."""
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="frozen_bn=True without pretrained weights"):
+        backbone = build_backbone("resnet18", trainable_layers=3)
+    vary_frozen_batchnorm(backbone)
+    vary_frozen_batchnorm(backbone.c5, seed=2)
+    return FasterRCNN(
+        backbone, 2, rpn=small_rpn(),
+        roi_heads=partial(RoIHeads, pooler=RoIPooler("roi_align", 14), box_head=ResNetC5Head, batch_size_per_image=8,
+                          generator=torch.Generator().manual_seed(1)),
+        transform=partial(InputTransform, 128, 128),
+    )
+
+
+def test_c4_head_gets_channels_last_rois_and_no_pooled_size_copy_runs():
+    """With the rewrite the pooled RoIs reach conv5 channels-last, so no operation copies a
+    pooled-size tensor in the training step (before: conv5's two first convolutions converted the
+    contiguous RoIs, forward and backward, and RoIAlign's backward its channels-last gradient:
+    five copies); the step's losses and gradients are the plain model's."""
+    plain = resnet18_c4_detector().train()
+    rewritten = optimize_for_training(copy.deepcopy(plain))
+    seen = []
+    rewritten.roi_heads.box_head.c5.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    images, targets = batch(2)
+    expected_losses, expected_grads = step(plain, images, targets)
+    with torch.profiler.profile(record_shapes=True) as prof:
+        got_losses, got_grads = step(rewritten, images, targets)
+    (pooled,) = seen
+    assert pooled.shape == (16, 256, 14, 14) and rewritten.roi_heads.box_head.input_memory_format == torch.channels_last
+    assert not pooled.is_contiguous() and pooled.is_contiguous(memory_format=torch.channels_last)
+    copies = [e for e in prof.events() if e.name == "aten::copy_" and list(pooled.shape) in e.input_shapes]
+    assert copies == []
+    assert plain.roi_heads.box_head.input_memory_format == torch.contiguous_format
+    for name, value in expected_losses.items():
+        assert_close(got_losses[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    assert "roi_heads.box_head.c5.0.conv1.weight" in got_grads and got_grads.keys() == expected_grads.keys()
     for name, grad in expected_grads.items():
         assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-4 * grad.abs().max().item(), msg=name)

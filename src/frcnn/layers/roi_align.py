@@ -17,6 +17,13 @@ is a sparse-dense product over channels-last rows (``sparse_roi_sample``: ~3x fa
 backward, since bilinear weights factor per axis, is batched matmuls per image
 (``_SeparableBilinear``: 5-20x faster); bench/roi_align_variants.py. On CUDA the forward is
 torchvision's kernel, the backward the same matmuls.
+
+Memory format: the result is contiguous (R, C, S, S) unless the caller asks for channels-last
+(``memory_format``), which a convolutional box head with channels-last weights wants (the C4 head:
+otherwise each of its two first convolutions copies the pooled RoIs into channels-last, and the
+backward copies again: five pooled-size copies a step). The backward takes the output gradient in
+either layout without copying it; from a channels-last one it gives the features' gradient in the
+features' own layout (from a contiguous one, contiguous, as before).
 """
 
 from __future__ import annotations
@@ -74,21 +81,26 @@ def _sample_taps(rois: Tensor, ys: Tensor, xs: Tensor, bins: int, feature_shape:
     return columns.reshape(R, -1), values.reshape(R, -1)
 
 
-def sparse_roi_sample(features: Tensor, rois: Tensor, ys: Tensor, xs: Tensor, bins: int) -> Tensor:
-    """features (N, C, H, W), rois (R, 5), sample coordinates ys, xs (R, S * s) -> (R, C, S, S).
+def sparse_roi_sample(
+    features: Tensor, rois: Tensor, ys: Tensor, xs: Tensor, bins: int,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> Tensor:
+    """features (N, C, H, W), rois (R, 5), sample coordinates ys, xs (R, S * s) -> (R, C, S, S)
+    in ``memory_format`` (contiguous or channels-last).
 
     A sparse-dense product: the bins' taps as a CSR matrix (R * S * S, N * H * W) times the
     channels-last feature rows (N * H * W, C). Every entry is a contiguous C-vector update and the
     product runs on all cores: 3x faster than torchvision's CPU RoIAlign kernel (one thread, one
-    channel at a time), with the same values. RoIs go in chunks, each written into the contiguous
-    (R, C, S, S) output, so no second output-sized tensor is ever alive.
+    channel at a time), with the same values. RoIs go in chunks, each written into the (R, C, S, S)
+    output, so no second output-sized tensor is ever alive (channels-last: the product's own
+    layout, a plain copy).
     """
     N, C, H, W = features.shape
     R, S = rois.shape[0], bins
     dtype = _compute_dtype(features.dtype)
     ys, xs = ys.to(dtype), xs.to(dtype)
     rows = features.permute(0, 2, 3, 1).reshape(N * H * W, C).to(dtype)  # a view when channels-last float32
-    out = features.new_empty((R, C, S, S))  # the features' dtype: the product's float32 is cast on writing
+    out = torch.empty((R, C, S, S), dtype=features.dtype, device=features.device, memory_format=memory_format)  # the features' dtype: the product's float32 is cast on writing
     taps = (2 * (ys.shape[1] // S)) ** 2  # per bin
     # RoIs per chunk: the product's output and the taps (index, weight and their temporaries,
     # ~48 bytes a tap) each within the budget
@@ -133,6 +145,7 @@ class _SeparableBilinear(torch.autograd.Function):
         ctx.coords_fn = coords_fn
         ctx.features_shape = features.shape
         ctx.features_dtype = features.dtype
+        ctx.features_channels_last = _is_channels_last(features)
         with torch.no_grad():
             return forward_fn(features, rois)
 
@@ -147,10 +160,16 @@ class _SeparableBilinear(torch.autograd.Function):
         N, C, H, W = ctx.features_shape
         ys, xs, S = ctx.coords_fn(rois)  # (R, S*s) each, and the number of bins S per side
         dtype = _compute_dtype(ctx.features_dtype)  # sums over many RoIs: float32 under mixed precision
-        grad = grad.to(dtype).contiguous()
         wy = _bin_weights(ys.to(dtype), H, S)  # (R, S, H)
         wx = _bin_weights(xs.to(dtype), W, S)  # (R, S, W)
         image = rois[:, 0].long()
+        if _is_channels_last(grad):
+            rows = _channels_last_backward(grad.to(dtype).permute(0, 2, 3, 1), wy, wx, image, N, H, W)  # (N, H, W, C)
+            grad_features = rows.permute(0, 3, 1, 2)  # (N, C, H, W), channels-last strides
+            if not ctx.features_channels_last:
+                grad_features = grad_features.contiguous()
+            return grad_features.to(ctx.features_dtype), None, None, None
+        grad = grad.to(dtype).contiguous()
         grad_features = grad.new_zeros((N, C, H, W))
         # RoIs in chunks: the x-contracted intermediate is C*S*W per RoI (at FPN's P2 with 64 RoIs
         # an image, ~30 MB unchunked, more than torchvision's whole backward keeps)
@@ -169,12 +188,37 @@ class _SeparableBilinear(torch.autograd.Function):
         return grad_features.to(ctx.features_dtype), None, None, None
 
 
+def _is_channels_last(t: Tensor) -> bool:
+    """A 4-D tensor laid out channels-last and not also contiguous (C = 1 or H = W = 1 are both)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _channels_last_backward(grad: Tensor, wy: Tensor, wx: Tensor, image: Tensor, N: int, H: int, W: int) -> Tensor:
+    """The separable backward with channels last: grad (R, S, S, C) contiguous (the output gradient's
+    channels-last memory, bin row i, bin column j, channel), wy (R, S, H), wx (R, S, W), image (R,)
+    -> (N, H, W, C): sum over image n's RoIs r of Wy[r]^T @ dout[r] @ Wx[r] per channel.
+
+    Per chunk of RoIs: x contracted as (W, S) @ (S, C) per (RoI, bin row), then y and the RoIs in
+    one (H, Rc * S) @ (Rc * S, W * C) product accumulated into the image's rows."""
+    R, S, _, C = grad.shape
+    rows = grad.new_zeros((N, H, W * C))
+    chunk = max(1, _BACKWARD_CHUNK_BYTES // (C * S * W * grad.element_size()))
+    for n in range(N):
+        sel = (image == n).nonzero()[:, 0]
+        for part in sel.split(chunk):
+            Rc = part.numel()
+            x_weights = wx[part].transpose(1, 2)[:, None].expand(Rc, S, W, S).reshape(Rc * S, W, S)
+            g = torch.bmm(x_weights, grad[part].reshape(Rc * S, S, C))  # (Rc * S, W, C): x contracted
+            rows[n].addmm_(wy[part].reshape(Rc * S, H).t(), g.view(Rc * S, W * C))  # y and the RoIs contracted
+    return rows.view(N, H, W, C)
+
+
 KERNELS = ("sparse", "torchvision")
 
 
 def roi_align(
     features: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int, aligned: bool,
-    kernel: str | None = None,
+    kernel: str | None = None, memory_format: torch.memory_format = torch.contiguous_format,
 ) -> Tensor:
     """RoIAlign, equal to ``torchvision.ops.roi_align`` for a fixed ``sampling_ratio`` > 0.
 
@@ -183,6 +227,7 @@ def roi_align(
     is ``kernel``'s: ``"sparse"`` (``sparse_roi_sample``) or ``"torchvision"`` (its compiled kernel);
     None picks by device, sparse on a CPU, torchvision's on CUDA. Both run on either device, so the
     CPU suite also checks the CUDA choice. The gradient is the separable one of ``_SeparableBilinear``.
+    ``memory_format``: the result's layout, contiguous or ``torch.channels_last`` (module docstring).
     """
     if sampling_ratio <= 0:
         raise ValueError("this RoIAlign needs a fixed sampling_ratio > 0 (the adaptive one varies per RoI)")
@@ -205,22 +250,24 @@ def roi_align(
     def sample(features: Tensor, rois: Tensor) -> Tensor:
         if kernel == "sparse":
             ys, xs, _ = coords(rois)
-            return sparse_roi_sample(features, rois, ys, xs, S)
+            return sparse_roi_sample(features, rois, ys, xs, S, memory_format)
         dtype = _compute_dtype(features.dtype)  # half-precision RoIs would move the boxes by pixels
         value = torchvision_roi_align(features.to(dtype), rois.to(dtype), (S, S), spatial_scale, s, aligned)
-        return value.to(features.dtype)
+        return value.to(features.dtype).contiguous(memory_format=memory_format)
 
     return _SeparableBilinear.apply(features, rois, coords, sample)
 
 
-def crop_and_resize(features: Tensor, rois: Tensor, crop_size: int) -> Tensor:
+def crop_and_resize(
+    features: Tensor, rois: Tensor, crop_size: int, memory_format: torch.memory_format = torch.contiguous_format
+) -> Tensor:
     """Bilinear crop-and-resize of each RoI to ``crop_size`` squared (TensorFlow's corner semantics).
 
     Args:
         features: (N, C, H, W).
         rois: (R, 5) rows ``(batch_index, x1, y1, x2, y2)`` in feature index coordinates.
     Returns:
-        (R, C, n, n), n = crop_size: sample (u, v) is the bilinear value at
+        (R, C, n, n) in ``memory_format``, n = crop_size: sample (u, v) is the bilinear value at
         ``x = x1 + v (x2 - x1) / (n - 1)``, ``y = y1 + u (y2 - y1) / (n - 1)``: the crop's corner
         samples sit on the box's corners, as in ``tf.image.crop_and_resize``, which the seed's
         implementation uses.
@@ -236,4 +283,4 @@ def crop_and_resize(features: Tensor, rois: Tensor, crop_size: int) -> Tensor:
     size = rois[:, 3:5] - rois[:, 1:3]  # (R, 2) as (w, h)
     start = rois[:, 1:3] + 0.5 - size / (2 * (n - 1))
     widened = torch.cat((rois[:, :1], start, start + size * (n / (n - 1))), dim=1)
-    return roi_align(features, widened, n, 1.0, 1, aligned=True)
+    return roi_align(features, widened, n, 1.0, 1, aligned=True, memory_format=memory_format)

@@ -51,6 +51,17 @@ class ResNetC5Head(nn.Module):
         self.c5 = c5
         self.out_features = int(backbone.c5_out_channels)
 
+    @property
+    def input_memory_format(self) -> torch.memory_format:
+        """The layout the pooled RoIs should arrive in: channels-last when conv5's weights are (the
+        training and inference rewrites make them so), so that neither of its two first
+        convolutions copies the RoIs into that layout, forward or backward."""
+        # the first k x k convolution: a 1 x 1 weight is contiguous in both layouts
+        weight = next(m.weight for m in self.c5.modules() if isinstance(m, nn.Conv2d) and m.weight[0, 0].numel() > 1)
+        if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+            return torch.channels_last
+        return torch.contiguous_format
+
     def forward(self, x: Tensor) -> Tensor:
         """(R, C, S, S) -> (R, D)."""
         return self.c5(x).mean(dim=(2, 3))

@@ -57,23 +57,31 @@ class RoIPooler(nn.Module):
         self.sampling_ratio = int(sampling_ratio)
         self.aligned = bool(aligned)
 
-    def forward(self, features: Tensor, boxes_per_image: Sequence[Tensor], stride: int) -> Tensor:
+    def forward(
+        self, features: Tensor, boxes_per_image: Sequence[Tensor], stride: int,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> Tensor:
         """features (N, C, Hf, Wf), boxes per image (R_i, 4) in image pixels -> (R, C, S, S)."""
-        return self.pool_rois(features, boxes_to_rois(boxes_per_image), stride)
+        return self.pool_rois(features, boxes_to_rois(boxes_per_image), stride, memory_format)
 
-    def pool_rois(self, features: Tensor, rois: Tensor, stride: int) -> Tensor:
+    def pool_rois(
+        self, features: Tensor, rois: Tensor, stride: int, memory_format: torch.memory_format = torch.contiguous_format
+    ) -> Tensor:
         """features (N, C, Hf, Wf), rois (R, 5) ``(batch_index, x1, y1, x2, y2)`` in image pixels
-        -> (R, C, S, S)."""
+        -> (R, C, S, S) in ``memory_format`` (what the box head's convolutions want: the head's
+        ``input_memory_format``)."""
         # Boxes stay float32 under mixed precision (bfloat16 would move a 500 px coordinate by up to 2 px);
         # float64 features (gradient checks) get float64 RoIs.
         rois = rois.to(torch.promote_types(features.dtype, torch.float32))
         S = self.output_size
         if self.method == "roi_align":
-            return roi_align(features, rois, S, 1.0 / stride, self.sampling_ratio, self.aligned)
+            return roi_align(features, rois, S, 1.0 / stride, self.sampling_ratio, self.aligned, memory_format=memory_format)
         if self.method == "roi_pool":  # torchvision's kernel wants one dtype for both
-            return roi_pool(features.to(rois.dtype), rois, (S, S), 1.0 / stride).to(features.dtype)
+            pooled = roi_pool(features.to(rois.dtype), rois, (S, S), 1.0 / stride).to(features.dtype)
+            return pooled.contiguous(memory_format=memory_format)
         index_rois = torch.cat((rois[:, :1], rois[:, 1:] / stride - 0.5), dim=1)  # image px -> index
-        return F.max_pool2d(crop_and_resize(features, index_rois, 2 * S), kernel_size=2, stride=2)
+        crops = crop_and_resize(features, index_rois, 2 * S, memory_format)
+        return F.max_pool2d(crops, kernel_size=2, stride=2).contiguous(memory_format=memory_format)
 
 
 def fpn_levels(
@@ -132,24 +140,26 @@ class MultiLevelRoIPooler(nn.Module):
         features: Tensor | Mapping[str, Tensor],
         boxes_per_image: Sequence[Tensor],
         strides: int | Mapping[str, int],
+        memory_format: torch.memory_format = torch.contiguous_format,
     ) -> Tensor:
         """features {name: (N, C, Hl, Wl)} with strides {name: s_l}, boxes per image (R_i, 4) in image
-        pixels -> (R, C, S, S)."""
+        pixels -> (R, C, S, S) in ``memory_format``."""
         if isinstance(features, Tensor):
-            return self.pooler(features, boxes_per_image, int(strides))
+            return self.pooler(features, boxes_per_image, int(strides), memory_format)
         names = [name for name in features if name in self.featmap_names]
         if not names:
             raise ValueError(f"none of the backbone's maps {list(features)} is in featmap_names {self.featmap_names}")
         rois = boxes_to_rois(boxes_per_image)  # (R, 5)
         if len(names) == 1:
-            return self.pooler.pool_rois(features[names[0]], rois, strides[names[0]])
+            return self.pooler.pool_rois(features[names[0]], rois, strides[names[0]], memory_format)
         k_min, k_max = (int(round(math.log2(strides[name]))) for name in (names[0], names[-1]))
         if k_max - k_min + 1 > len(names):
             raise ValueError(f"pooled maps {names} at strides {[strides[n] for n in names]} skip a pyramid level")
         levels = fpn_levels(rois[:, 1:], k_min, k_max, self.canonical_size, self.canonical_level)  # (R,)
         first = features[names[0]]
         S = self.output_size
-        out = first.new_zeros((rois.shape[0], first.shape[1], S, S))
+        out = torch.empty((rois.shape[0], first.shape[1], S, S), dtype=first.dtype, device=first.device,
+                          memory_format=memory_format).zero_()
         # Without autograd each level is pooled in chunks of RoIs, so no level-sized result sits beside
         # ``out`` (at test time most RoIs pool from one level: that was ~40 % of FPN inference's memory
         # peak). With autograd a level is one call: each call's backward makes a map-sized gradient.
@@ -165,5 +175,5 @@ class MultiLevelRoIPooler(nn.Module):
             index = torch.where(levels == level)[0]
             for part in index.split(chunk) if chunked else [index]:
                 if part.numel():
-                    out[part] = self.pooler.pool_rois(features[name], rois[part], strides[name]).to(out.dtype)
+                    out[part] = self.pooler.pool_rois(features[name], rois[part], strides[name], memory_format).to(out.dtype)
         return out

@@ -92,7 +92,8 @@ class RoIHeads(nn.Module):
         self, features: Tensor | Mapping[str, Tensor], boxes_per_image: Sequence[Tensor], stride: int | Mapping[str, int]
     ) -> tuple[Tensor, Tensor]:
         """features (N, C, Hf, Wf) or {name: map}, boxes (R_i, 4) -> (class logits (R, K+1), deltas (R, 4*K))."""
-        pooled = self.pooler(features, boxes_per_image, stride)  # (R, C, S, S)
+        layout = getattr(self.box_head, "input_memory_format", torch.contiguous_format)
+        pooled = self.pooler(features, boxes_per_image, stride, layout)  # (R, C, S, S)
         return self.predictor(self.box_head(pooled))
 
     def forward(

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from frcnn.layers.memory_format import is_channels_last
+
 
 def _as_pair(value) -> list[int]:
     return [int(v) for v in value] if isinstance(value, (tuple, list)) else [int(value)] * 2
@@ -49,7 +51,7 @@ def _matmul_conv_backward(
     if needs_x:
         cols = (rows @ weight.reshape(C_out, -1)).view(N, L, -1).permute(0, 2, 1)  # (N, C_in*k*k, L)
         grad_x = F.fold(cols, x.shape[-2:], k, dilation=dilation, padding=padding, stride=stride)
-        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        if is_channels_last(x):
             grad_x = grad_x.contiguous(memory_format=torch.channels_last)  # the input's layout
     return grad_x, grad_w
 

@@ -34,6 +34,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align as torchvision_roi_align
 
+from frcnn.layers.memory_format import is_channels_last
+
 # Bounds on the per-chunk intermediates of the forward and of the backward (two alive at a time).
 _FORWARD_CHUNK_BYTES = 2**20
 _BACKWARD_CHUNK_BYTES = 4 * 2**20
@@ -145,7 +147,7 @@ class _SeparableBilinear(torch.autograd.Function):
         ctx.coords_fn = coords_fn
         ctx.features_shape = features.shape
         ctx.features_dtype = features.dtype
-        ctx.features_channels_last = _is_channels_last(features)
+        ctx.features_channels_last = is_channels_last(features)
         with torch.no_grad():
             return forward_fn(features, rois)
 
@@ -163,7 +165,7 @@ class _SeparableBilinear(torch.autograd.Function):
         wy = _bin_weights(ys.to(dtype), H, S)  # (R, S, H)
         wx = _bin_weights(xs.to(dtype), W, S)  # (R, S, W)
         image = rois[:, 0].long()
-        if _is_channels_last(grad):
+        if is_channels_last(grad):
             rows = _channels_last_backward(grad.to(dtype).permute(0, 2, 3, 1), wy, wx, image, N, H, W)  # (N, H, W, C)
             grad_features = rows.permute(0, 3, 1, 2)  # (N, C, H, W), channels-last strides
             if not ctx.features_channels_last:
@@ -186,11 +188,6 @@ class _SeparableBilinear(torch.autograd.Function):
                 acc.addmm_(wy[part].reshape(Rc * S, H).t(), g)  # y and the RoIs contracted
             grad_features[n] = acc.view(H, C, W).permute(1, 0, 2)
         return grad_features.to(ctx.features_dtype), None, None, None
-
-
-def _is_channels_last(t: Tensor) -> bool:
-    """A 4-D tensor laid out channels-last and not also contiguous (C = 1 or H = W = 1 are both)."""
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def _channels_last_backward(grad: Tensor, wy: Tensor, wx: Tensor, image: Tensor, N: int, H: int, W: int) -> Tensor:

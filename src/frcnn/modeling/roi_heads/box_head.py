@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from frcnn.layers.memory_format import is_channels_last
 from frcnn.modeling.errors import IncompatibleParts
 
 
@@ -58,9 +59,7 @@ class ResNetC5Head(nn.Module):
         convolutions copies the RoIs into that layout, forward or backward."""
         # the first k x k convolution: a 1 x 1 weight is contiguous in both layouts
         weight = next(m.weight for m in self.c5.modules() if isinstance(m, nn.Conv2d) and m.weight[0, 0].numel() > 1)
-        if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
-            return torch.channels_last
-        return torch.contiguous_format
+        return torch.channels_last if is_channels_last(weight) else torch.contiguous_format
 
     def forward(self, x: Tensor) -> Tensor:
         """(R, C, S, S) -> (R, D)."""

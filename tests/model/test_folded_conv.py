@@ -103,15 +103,25 @@ def test_where_the_gradient_is_smaller_the_backward_makes_no_weight_sized_copy()
     assert weight_sized_in_backward(MAPS[0]) == 2  # 11 x 13: the scaled weight again, then dW
 
 
+def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The same strides where the size is not 1 (autograd's layout contract for accumulated gradients)."""
+    return a.shape == b.shape and all(sa == sb for n, sa, sb in zip(a.shape, a.stride(), b.stride()) if n != 1)
+
+
 @pytest.mark.parametrize("stride,padding,dilation,channels_last", [(1, 1, 1, False), (2, 0, 1, True), (2, 2, 2, False),
-                                                                  (1, 0, 1, True)])
+                                                                  (1, 0, 1, True), (2, 0, 1, False), (3, 0, 1, True),
+                                                                  (1, 1, 1, True), (2, 2, 2, True), (3, 1, 2, True)])
 @pytest.mark.parametrize("kernel", [3, 1])
-def test_the_matmul_backward_equals_the_convolutions(stride, padding, dilation, channels_last, kernel):
+@pytest.mark.parametrize("weight_layout", ["as input", "mixed"])
+def test_the_matmul_backward_equals_the_convolutions(stride, padding, dilation, channels_last, kernel, weight_layout):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 6, 5, 7, generator=g, dtype=torch.float64)
     weight = torch.randn(40, 6, kernel, kernel, generator=g, dtype=torch.float64)
+    weight_channels_last = channels_last == (weight_layout == "as input")
     if channels_last:
-        x, weight = (t.contiguous(memory_format=torch.channels_last) for t in (x, weight))
+        x = x.contiguous(memory_format=torch.channels_last)
+    if weight_channels_last:
+        weight = weight.contiguous(memory_format=torch.channels_last)
     out = F.conv2d(x, weight, None, stride, padding, dilation)
     grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
     expected_x, expected_w, _ = torch.ops.aten.convolution_backward(
@@ -119,8 +129,9 @@ def test_the_matmul_backward_equals_the_convolutions(stride, padding, dilation, 
     got_x, got_w = _matmul_conv_backward(grad, x, weight, [stride] * 2, [padding] * 2, [dilation] * 2, True, True)
     assert_close(got_x, expected_x, rtol=1e-12, atol=1e-12)
     assert_close(got_w, expected_w, rtol=1e-12, atol=1e-12)
-    if channels_last:  # the input gradient in the input's layout
-        assert got_x.is_contiguous(memory_format=torch.channels_last)
+    # The gradients in their tensors' layouts (autograd accumulates them without a copy).
+    assert got_x.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert same_layout(got_w, weight)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -137,3 +148,33 @@ def test_a_small_map_takes_the_matmul_backward_with_autograds_gradients(channels
                     torch.autograd.grad(expected, (x, weight, bias), grad), strict=True):
         assert_close(g, e, rtol=1e-5, atol=1e-5)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("size", MAPS[:2])  # 11 x 13: the backward scales the weight; 4 x 5: the gradient
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_1x1_convolution_on_a_channels_last_input_takes_the_matmul_backward(size, stride, channels_last, monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 8, *size, generator=g)
+    weight = torch.randn(12, 8, 1, 1, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(), weight.requires_grad_()
+    scale, bias = 0.5 + torch.rand(12, generator=g), torch.randn(12, generator=g).requires_grad_()
+    expected = F.conv2d(x, weight * scale[:, None, None, None], bias, stride)
+    calls = []
+    matmul = folded_conv._matmul_conv_backward
+    monkeypatch.setattr(folded_conv, "_matmul_conv_backward", lambda *a: calls.append(1) or matmul(*a))
+    got = scaled_weight_conv2d(x, weight, scale, bias, stride, 0, 1, 1)
+    grad = torch.randn(expected.shape, generator=g).contiguous(memory_format=torch.channels_last)
+    got_grads = torch.autograd.grad(got, (x, weight, bias), grad)
+    for name, got_grad, e in zip("x weight bias".split(), got_grads,
+                                 torch.autograd.grad(expected, (x, weight, bias), grad), strict=True):
+        assert_close(got_grad, e, rtol=1e-5, atol=1e-5, msg=name)
+    # The matmuls on a channels-last input (contiguous pixels are no rows of a matrix), and by size
+    # alone where the output has no more locations than channels (4 x 5 at stride 2: 2 x 2 x 3 = 12).
+    by_size = expected.shape[0] * expected.shape[2] * expected.shape[3] <= weight.shape[0]
+    assert by_size == (size == MAPS[1] and stride == 2)
+    assert calls == ([1] if channels_last or by_size else [])
+    if channels_last:
+        assert got_grads[0].is_contiguous(memory_format=torch.channels_last)  # the input's layout

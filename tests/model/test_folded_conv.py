@@ -1,6 +1,7 @@
 """``scaled_weight_conv2d`` (the training-time fold of a frozen BatchNorm) against autograd through
 ``conv2d(x, W * s, b)``: the same output and gradients (strided, padded, grouped, channels-last,
-bf16 autocast), and no scaled weight among the tensors kept for the backward."""
+bf16 autocast), and no scaled weight among the tensors kept for the backward; its matmul backward
+against ``aten::convolution_backward``, each gradient in its tensor's layout."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from frcnn.layers.folded_conv import _matmul_conv_backward, scaled_weight_conv2d
 
 # An 11 x 13 map: the output gradient is larger than the weight, so the backward scales the weight;
 # 4 x 5 and 3 x 3 maps: it is smaller, so the backward scales the gradient (asserted below). The
-# matmul backward (no more output locations than channels, groups 1) has its own test below.
+# matmul backward (groups 1: no more output locations than channels, or a 1 x 1 kernel on a
+# channels-last input) has its own tests below.
 MAPS = [(11, 13), (4, 5), (3, 3)]
 
 
@@ -178,3 +180,19 @@ def test_a_1x1_convolution_on_a_channels_last_input_takes_the_matmul_backward(si
     assert calls == ([1] if channels_last or by_size else [])
     if channels_last:
         assert got_grads[0].is_contiguous(memory_format=torch.channels_last)  # the input's layout
+
+
+def test_the_1x1_matmul_backward_under_bf16_autocast_gives_float32_gradients_close_to_autocasts():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 8, 9, 9, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = torch.randn(12, 8, 1, 1, generator=g).requires_grad_()
+    scale, bias = 0.5 + torch.rand(12, generator=g), torch.randn(12, generator=g).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = F.conv2d(x, weight * scale[:, None, None, None], bias, 2)
+        got = scaled_weight_conv2d(x, weight, scale, bias, 2, 0, 1, 1)
+    assert got.dtype == expected.dtype == torch.bfloat16
+    grad = torch.randn(expected.shape, generator=g).to(torch.bfloat16)
+    for got_grad, e in zip(torch.autograd.grad(got, (x, weight, bias), grad),
+                           torch.autograd.grad(expected, (x, weight, bias), grad), strict=True):
+        assert got_grad.dtype == e.dtype == torch.float32
+        assert_close(got_grad, e, rtol=5e-2, atol=5e-2 * e.abs().max().item())

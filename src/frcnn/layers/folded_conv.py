@@ -152,13 +152,14 @@ class _ScaledWeightConv(torch.autograd.Function):
         needs_x, needs_w, _, needs_b = ctx.needs_input_grad[:4]
         grad = grad.to(x.dtype)
         settings = (_as_pair(stride), _as_pair(padding), _as_pair(dilation), False, [0, 0], groups)
+        matmuls = _takes_matmul_backward(grad, x, weight, settings[1], groups)
         if grad.numel() < weight.numel():
             # The convolution is linear in its weight, and s scales output channels: the gradients
             # of conv(x, W * s) are those of conv(x, W) at the output gradient scaled by s. That
             # scales an activation-sized tensor where it is the smaller (the deep stages), and no
             # weight-sized copy is alive during the convolution's backward.
             scaled = grad * scale.reshape(1, -1, 1, 1).to(grad.dtype)
-            if _takes_matmul_backward(grad, x, weight, settings[1], groups):
+            if matmuls:
                 grad_x, grad_weight = _matmul_conv_backward(scaled, x, weight.to(x.dtype), *settings[:3], needs_x, needs_w)
             else:
                 grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
@@ -170,7 +171,7 @@ class _ScaledWeightConv(torch.autograd.Function):
         else:
             scale_4d = scale.reshape(-1, 1, 1, 1).to(weight.dtype)
             folded = (weight * scale_4d).to(x.dtype)  # recomputed: not kept since the forward
-            if _takes_matmul_backward(grad, x, weight, settings[1], groups):
+            if matmuls:
                 grad_x, grad_folded = _matmul_conv_backward(grad, x, folded, *settings[:3], needs_x, needs_w)
                 grad_bias = _bias_grad(grad) if needs_b and has_bias else None
             else:

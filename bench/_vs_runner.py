@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.detection import FasterRCNN as TVFasterRCNN
 
+from frcnn.app.fused_sgd import SGD as FusedSGD
 from frcnn.layers.inference_rewrite import optimize_for_inference
 from frcnn.layers.training_rewrite import optimize_for_training
 from frcnn.modeling.compile import compile_for_training
@@ -36,6 +37,7 @@ class Contender:
         stages: dict[str, list[nn.Module]],
         device: torch.device,
         infer_model: nn.Module | None = None,
+        weight_decay: float = 0.0,
     ) -> None:
         self.name = name
         self.model = model
@@ -45,9 +47,11 @@ class Contender:
         self.clock = StageClock(device)
         self.torchvision = isinstance(model, TVFasterRCNN)
         params = [p for p in model.parameters() if p.requires_grad]
-        # lr 0: the update arithmetic runs, the weights (hence the work) stay the same; no weight
-        # decay, whose temporary copy of every gradient would set the step's memory peak for both
-        self.optimizer = torch.optim.SGD(params, lr=0.0, momentum=0.9)
+        # lr 0: the update arithmetic runs, the weights (hence the work) stay the same. Weight decay
+        # 0 by default: torch's loop makes a temporary copy of every gradient for it. Each model steps the SGD its training code builds: torchvision's reference scripts
+        # torch.optim.SGD, our train.py conf/optimizer/sgd.yaml's frcnn.app.fused_sgd.SGD.
+        sgd = torch.optim.SGD if self.torchvision else FusedSGD
+        self.optimizer = sgd(params, lr=0.0, momentum=0.9, weight_decay=weight_decay)
 
     def train_step(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> None:
         self.model.train()
@@ -151,6 +155,7 @@ class Options:
     inference_rewrite: bool = True
     training_rewrite: bool = True
     compile: bool = False
+    weight_decay: float = 0.0  # both SGDs'
 
 
 def run_config(pair: Pair, steps: int, warmup: int, gemm: GemmRate, options: Options) -> tuple[dict, list[float], str]:
@@ -167,8 +172,8 @@ def run_config(pair: Pair, steps: int, warmup: int, gemm: GemmRate, options: Opt
     if options.compile:
         compile_for_training(pair.ours)
     contenders = [
-        Contender("ours", pair.ours, pair.ours_stages, pair.settings.device, ours_infer),
-        Contender("torchvision", pair.theirs, pair.theirs_stages, pair.settings.device),
+        Contender("ours", pair.ours, pair.ours_stages, pair.settings.device, ours_infer, options.weight_decay),
+        Contender("torchvision", pair.theirs, pair.theirs_stages, pair.settings.device, weight_decay=options.weight_decay),
     ]
     results = {c.name: Result() for c in contenders}
     with contextlib.ExitStack() as hooks:

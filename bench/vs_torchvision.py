@@ -25,7 +25,9 @@ Inputs: seeded synthetic images (``_vs_data.py``), two per step, already at the 
 Backbone BatchNorm is frozen; ResNet-50 has no pretrained weights offline, so its statistics are
 calibrated on synthetic images. MobileNetV2 uses ``../shared/weights/mobilenet_v2_imagenet_int8derived.pth``
 when present. SGD runs with lr 0: every step does the optimizer's arithmetic but the weights, hence
-the work, stay the same from step to step.
+the work, stay the same from step to step; weight decay 0 unless ``--weight-decay`` (then the run
+is recorded in a section of its own). Each model steps the SGD its training code builds (ours: the
+fused step of ``frcnn.app.fused_sgd``).
 
     .venv/bin/python bench/vs_torchvision.py --record     # 3 configs: ~6 min on 2 idle cores, ~15 loaded
     .venv/bin/python bench/vs_torchvision.py --configs mobilenet_v2 --steps 5
@@ -50,7 +52,8 @@ from _vs_runner import Options, run_config
 
 SECTION = "## vs torchvision"
 METHOD = (
-    "Training step = forward + backward + SGD; inference = forward under inference_mode{rewrite}. Each round runs "
+    "Training step = forward + backward + SGD (lr 0, momentum 0.9, weight decay {weight_decay:g}; each model's own: "
+    "torchvision's reference scripts' `torch.optim.SGD`, our conf/optimizer/sgd.yaml's `frcnn.app.fused_sgd.SGD`); inference = forward under inference_mode{rewrite}. Each round runs "
     "ours and torchvision alternately first. Peak MB: live bytes above the step's start (CPU: the profiler's "
     "allocator records of a step profiled for nothing else, as recording shapes keeps small tensors alive; CUDA: "
     "max_memory_allocated). FLOPs: FlopCounterMode (matmuls and convolutions; RoIAlign, "
@@ -89,6 +92,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-training-rewrite", dest="training_rewrite", action="store_false",
                         help="ours trains as built (default: the TrainingSpeed callback's rewrite)")
     parser.add_argument("--compile", action="store_true", help="ours trains with torch.compile (Inductor)")
+    parser.add_argument("--weight-decay", type=float, default=0.0,
+                        help="both SGDs' weight decay (default 0: the recorded figures; train.py uses 5e-4, "
+                             "torchvision's reference scripts 1e-4)")
     args = parser.parse_args(argv)
     if args.warmup < 2 or args.steps < 1:
         parser.error("need --warmup >= 2 and --steps >= 1")
@@ -117,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in args.configs:
         print(f"{name}: building", flush=True)
         pair = CONFIGS[name](settings)
-        options = Options(args.inference_rewrite, args.training_rewrite, args.compile)
+        options = Options(args.inference_rewrite, args.training_rewrite, args.compile, args.weight_decay)
         results, gemm_rates, check = run_config(pair, args.steps, args.warmup, gemm, options)
         sections.append(report(pair, results, gemm_rates, check, options))
         print("\n" + sections[-1] + "\n", flush=True)
@@ -125,8 +131,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     command = " ".join([".venv/bin/python", *sys.argv])
     method = METHOD.format(rewrite=REWRITE if args.inference_rewrite else ", ours without the inference rewrite",
-                           minutes=(time.perf_counter() - start) / 60, training=training_method(args))
+                           minutes=(time.perf_counter() - start) / 60, training=training_method(args),
+                           weight_decay=args.weight_decay)
     section = SECTION + (", compiled training" if args.compile else "")  # its own section: both are kept
+    if args.weight_decay:
+        section += f", weight decay {args.weight_decay:g}"
     markdown = "\n".join([
         section, "",
         f"{datetime.date.today().isoformat()}, `{command}`, {machine(device)}. Timings interleaved, medians and "

@@ -86,3 +86,45 @@ def test_empty_and_zero_k():
     # a group number with no boxes (3 here) is skipped
     kept = nms_top_k(boxes, scores, groups * 3, 0.5, 10)
     assert torch.equal(kept, reference(boxes, scores, groups * 3, 0.5, 10))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_thread_pool_keeps_the_serial_result_and_order(monkeypatch, threads):
+    """The pool path (forced on for every size) returns the serial path's indices, group by group,
+    for 1 torch thread (no pool), 2, and 3 (a pool rebuilt for the new worker count)."""
+    boxes, scores, groups = clustered_boxes(4000, groups=10, seed=7)
+    monkeypatch.setattr(nms_module, "THREADED_MIN_BOXES", 10**9)
+    serial = nms_top_k(boxes, scores, groups, 0.7, 50)
+    calls = []
+    real_map = nms_module._map_groups
+    monkeypatch.setattr(nms_module, "_map_groups", lambda fn, gs, t: calls.append(t) or real_map(fn, gs, t))
+    monkeypatch.setattr(nms_module, "THREADED_MIN_BOXES", 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        pooled = nms_top_k(boxes, scores, groups, 0.7, 50)
+        workers = nms_module._pool[1] if nms_module._pool is not None else None
+    finally:
+        torch.set_num_threads(before)
+    assert calls == [True]
+    assert torch.equal(pooled, serial)
+    assert torch.equal(pooled, reference(boxes, scores, groups, 0.7, 50))
+    if threads > 1:
+        assert workers == threads
+
+
+def test_map_groups_runs_in_order_on_pool_threads():
+    import threading
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        names = []
+        out = nms_module._map_groups(
+            lambda g: names.append(threading.current_thread().name) or g * 2, [torch.tensor([i]) for i in range(6)], True
+        )
+    finally:
+        torch.set_num_threads(torch_threads)
+    assert [t.item() for t in out] == [0, 2, 4, 6, 8, 10]
+    assert all(name.startswith("frcnn-nms") for name in names)
+    assert nms_module._map_groups(lambda g: g, [torch.tensor([1])], True)[0].item() == 1  # one group: inline

@@ -10,10 +10,19 @@ trying 3 k boxes and growing by the kept fraction seen. NMS costs about (boxes k
 looked at), so stopping at 600 kept of 12000 (~1500 boxes looked at, against ~4000 kept of 12000)
 does ~1/30 of the work.
 
+The groups are independent, and torchvision's CPU NMS runs on one thread with the GIL released:
+with more than one torch thread and enough boxes, the groups go to a small thread pool
+(``_map_groups``), so the two images x five levels of an FPN training step use both cores
+(bench/README.md, "Fused SGD and threaded proposal NMS").
+
 Shape shorthand: E boxes, G groups (the RPN's (image, level) pairs), boxes (x1, y1, x2, y2).
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
@@ -23,6 +32,10 @@ from frcnn.modeling.batched import top_k_per_group
 
 FIRST_TRY = 3  # boxes looked at first, per box wanted (600 kept of the RPN's 12000 took 1300-2100)
 GROWTH = 1.25  # margin over the boxes the kept fraction so far says are needed
+THREADED_MIN_BOXES = 2000  # fewer boxes in all: one thread (a pool's hand-off costs ~0.1 ms)
+MAX_WORKERS = 4
+
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool): a forked child makes its own
 
 
 def nms_top_k(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float, k: int) -> Tensor:
@@ -41,8 +54,24 @@ def nms_top_k(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: floa
         return keep[top_k_per_group(scores[keep], groups[keep], k)]
     order = torch.sort(scores, descending=True, stable=True).indices
     order = order[torch.sort(groups[order], stable=True).indices]  # by group, best first
-    kept = [_first_k(boxes, ranked, iou_threshold, k) for ranked in order.split(torch.bincount(groups).tolist())]
-    return torch.cat(kept)  # a loop over groups
+    ranked_groups = order.split(torch.bincount(groups).tolist())
+    threads = len(ranked_groups) > 1 and boxes.shape[0] >= THREADED_MIN_BOXES
+    kept = _map_groups(lambda ranked: _first_k(boxes, ranked, iou_threshold, k), ranked_groups, threads)
+    return torch.cat(kept)
+
+
+def _map_groups(fn: Callable[[Tensor], Tensor], groups: Sequence[Tensor], threads: bool) -> list[Tensor]:
+    """[fn(g) for g in groups], in order; with ``threads``, on up to ``torch.get_num_threads()``
+    pool threads (``MAX_WORKERS`` at most), one group at a time each."""
+    workers = min(torch.get_num_threads(), MAX_WORKERS, len(groups)) if threads else 1
+    if workers < 2:
+        return [fn(g) for g in groups]
+    global _pool
+    if _pool is None or _pool[0] != os.getpid() or _pool[1] != workers:
+        if _pool is not None and _pool[0] == os.getpid():
+            _pool[2].shutdown(wait=False)
+        _pool = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="frcnn-nms"))
+    return list(_pool[2].map(fn, groups))
 
 
 def _first_k(boxes: Tensor, ranked: Tensor, iou_threshold: float, k: int) -> Tensor:

@@ -48,8 +48,9 @@ class Contender:
         self.torchvision = isinstance(model, TVFasterRCNN)
         params = [p for p in model.parameters() if p.requires_grad]
         # lr 0: the update arithmetic runs, the weights (hence the work) stay the same. Weight decay
-        # 0 by default: torch's loop makes a temporary copy of every gradient for it. Each model steps the SGD its training code builds: torchvision's reference scripts
-        # torch.optim.SGD, our train.py conf/optimizer/sgd.yaml's frcnn.app.fused_sgd.SGD.
+        # 0 by default (torch's loop makes a temporary copy of every gradient for it). Each model
+        # steps the SGD its training code builds: torchvision's reference scripts torch.optim.SGD,
+        # our conf/optimizer/sgd.yaml frcnn.app.fused_sgd.SGD.
         sgd = torch.optim.SGD if self.torchvision else FusedSGD
         self.optimizer = sgd(params, lr=0.0, momentum=0.9, weight_decay=weight_decay)
 

@@ -23,6 +23,7 @@ from torchvision.models.detection import FasterRCNN as TVFasterRCNN
 
 from frcnn.app.fused_sgd import SGD as FusedSGD
 from frcnn.layers.inference_rewrite import optimize_for_inference
+from frcnn.layers.reused_grad import reused_grad_bytes
 from frcnn.layers.training_rewrite import optimize_for_training
 from frcnn.modeling.compile import compile_for_training
 
@@ -169,7 +170,7 @@ def run_config(pair: Pair, steps: int, warmup: int, gemm: GemmRate, options: Opt
     equal. The twin was built from ours before any rewrite."""
     ours_infer = optimize_for_inference(copy.deepcopy(pair.ours)) if options.inference_rewrite else None
     optimize_for_training(pair.ours, fold_frozen_bn=options.training_rewrite, channels_last=options.training_rewrite,
-                          sparse_rpn_backward=options.training_rewrite)
+                          sparse_rpn_backward=options.training_rewrite, reuse_grad_memory=options.training_rewrite)
     if options.compile:
         compile_for_training(pair.ours)
     contenders = [
@@ -205,6 +206,10 @@ def _warm_up(contenders: list[Contender], results: dict[str, Result], warmup: in
             elif i == warmup - 1:
                 r.train_profile = profile_step(train, s.device)
                 r.infer_profile = profile_step(infer, s.device)
+                # memory a model keeps between steps and fills during one (frcnn.layers.reused_grad):
+                # allocated before the step, live at its peak
+                if r.train_profile.peak_bytes is not None:
+                    r.train_profile.peak_bytes += reused_grad_bytes(c.model)
             else:
                 train()
                 infer()

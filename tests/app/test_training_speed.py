@@ -13,10 +13,13 @@ from torch.testing import assert_close
 from frcnn.app.build import build_model
 from frcnn.app.callbacks import TrainingSpeed
 from frcnn.app.checkpoint import load_checkpoint
+from frcnn.layers.reused_grad import ReusedGradLinear
 from frcnn.layers.training_rewrite import FoldedFrozenBatchNorm2d, FrozenBNConv2d
 from tests.app.helpers import compose_config, script, tiny_overrides
 
-RESNET18 = ["backbone=resnet18", "backbone.weights=null", "test=false", "logger=csv"]
+# fc6 (256 * 5 * 5 -> 512): above frcnn.layers.reused_grad's 2 ** 20 weights, fc7 (512 -> 512) below
+RESNET18 = ["backbone=resnet18", "backbone.weights=null", "test=false", "logger=csv",
+            "model.roi_heads.box_head.hidden_dim=512"]
 
 
 def speed_callback(objects) -> TrainingSpeed:
@@ -35,8 +38,9 @@ def folded_run(tmp_path_factory, data_dir):
 def test_fit_runs_folded_and_the_checkpoint_is_the_plain_models(folded_run, data_dir):
     out, cfg, objects = folded_run
     assert speed_callback(objects).folded == 15  # every conv of the trunk: stem, layer1..3 (+ downsamples)
+    assert speed_callback(objects).reused_grad_layers == 1  # fc6
     trained = objects["module"].model.eval()
-    assert not any(isinstance(m, (FrozenBNConv2d, FoldedFrozenBatchNorm2d)) for m in trained.modules())
+    assert not any(isinstance(m, (FrozenBNConv2d, FoldedFrozenBatchNorm2d, ReusedGradLinear)) for m in trained.modules())
 
     state = load_checkpoint(out / "checkpoints" / "last.ckpt")["state_dict"]
     with pytest.warns(UserWarning):

@@ -39,7 +39,11 @@ def test_output_and_gradients_equal_autograd_through_the_scaled_weight(groups, s
     expected = F.conv2d(x, weight * scale[:, None, None, None], bias, stride, padding, 1, groups)
     assert (expected.numel() < weight.numel()) == (size != MAPS[0])  # each backward branch is covered
     got = scaled_weight_conv2d(x, weight, scale, bias, stride, padding, 1, groups)
-    assert_close(got, expected, rtol=0, atol=0)  # the same convolution
+    if expected.numel() >= weight.numel():
+        assert_close(got, expected, rtol=0, atol=0)  # the same convolution, of the folded weight
+    else:  # conv(x, W) * s + b: the same function, rounded differently
+        assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+        assert not torch.equal(got, F.conv2d(x, weight, bias, stride, padding, 1, groups))  # the scale is applied
     grad = torch.randn_like(expected)
     for g, e in zip(torch.autograd.grad(got, (x, weight, bias), grad),
                     torch.autograd.grad(expected, (x, weight, bias), grad), strict=True):
@@ -98,6 +102,18 @@ def weight_sized_in_backward(size: tuple[int, int]) -> int:
     with _Allocations() as mode:
         out.backward(torch.ones_like(out))
     return mode.count(weight.shape)
+
+
+def weight_sized_in_forward(size: tuple[int, int]) -> int:
+    x, weight, scale, bias = inputs(1, False, size)
+    with _Allocations() as mode:
+        scaled_weight_conv2d(x, weight, scale, bias, 1, 1, 1, 1)
+    return mode.count(weight.shape)
+
+
+def test_where_the_output_is_smaller_the_forward_makes_no_weight_sized_tensor():
+    assert weight_sized_in_forward(MAPS[1]) == 0  # 4 x 5 map (480 outputs, 864 weights): the output is scaled
+    assert weight_sized_in_forward(MAPS[0]) == 1  # 11 x 13: the folded weight
 
 
 def test_where_the_gradient_is_smaller_the_backward_makes_no_weight_sized_copy():

@@ -17,6 +17,9 @@
    layout, and RoIAlign reads channels-last rows without a copy (``frcnn.layers.roi_align``).
 3. **The sparse RPN-head backward** (``frcnn.layers.sparse_heads``) on or off: every module with a
    ``sparse_backward`` switch (``RPNHead``) gets ``sparse_rpn_backward``.
+4. **Reused weight-gradient memory** (``frcnn.layers.reused_grad``): the large fully connected
+   layers' weight gradients (the box head's fc6) are written into the same memory every step
+   instead of memory the operating system maps (and page-faults) anew.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from frcnn.layers import reused_grad
 from frcnn.layers.batchnorm import conv_bn_pairs
 from frcnn.layers.folded_conv import scaled_weight_conv2d
+from frcnn.layers.module_swap import replace_modules
 
 
 class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
@@ -102,12 +107,8 @@ def fold_frozen_batchnorm(model: nn.Module) -> int:
 
 def unfold_frozen_batchnorm(model: nn.Module) -> int:
     """Undo ``fold_frozen_batchnorm``: the original module types, with the same tensors; -> how many."""
-    restored = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, (FrozenBNConv2d, FoldedFrozenBatchNorm2d)):
-                setattr(parent, name, child.unfolded())
-                restored += isinstance(child, FrozenBNConv2d)
+    restored = sum(isinstance(m, FrozenBNConv2d) for m in model.modules())
+    replace_modules(model, lambda m: m.unfolded() if isinstance(m, (FrozenBNConv2d, FoldedFrozenBatchNorm2d)) else None)
     return restored
 
 
@@ -118,7 +119,8 @@ def set_sparse_rpn_backward(model: nn.Module, enabled: bool) -> None:
 
 
 def optimize_for_training(
-    model: nn.Module, fold_frozen_bn: bool = True, channels_last: bool = True, sparse_rpn_backward: bool = True
+    model: nn.Module, fold_frozen_bn: bool = True, channels_last: bool = True, sparse_rpn_backward: bool = True,
+    reuse_grad_memory: bool = True,
 ) -> nn.Module:
     """Rewrite ``model`` in place for training (module docstring) and return it."""
     if fold_frozen_bn:
@@ -126,12 +128,16 @@ def optimize_for_training(
     if channels_last:
         model.to(memory_format=torch.channels_last)  # 4-D parameters only, in place (same Parameters)
     set_sparse_rpn_backward(model, sparse_rpn_backward)
+    if reuse_grad_memory:
+        reused_grad.reuse_grad_memory(model)
     return model
 
 
 def restore_training_rewrite(model: nn.Module) -> nn.Module:
-    """The model as it was built: norms unfolded, contiguous weights, the sparse RPN backward on."""
+    """The model as it was built: norms unfolded, contiguous weights, the sparse RPN backward on,
+    plain ``nn.Linear`` layers."""
     unfold_frozen_batchnorm(model)
+    reused_grad.restore_grad_memory(model)
     model.to(memory_format=torch.contiguous_format)
     set_sparse_rpn_backward(model, True)
     return model

@@ -152,3 +152,18 @@ def test_detector_training_rewrite_reuses_the_box_head_fc6_gradient():
     assert type(model.roi_heads.box_head.fc1) is nn.Linear
     plain = optimize_for_training(resnet18_detector(), reuse_grad_memory=False)
     assert type(plain.roi_heads.box_head.fc1) is nn.Linear
+
+
+def test_copies_and_pickles_carry_no_kept_memory():
+    import io
+    import pickle
+
+    _, reused = pair()
+    backward(reused, torch.randn(4, 300), torch.randn(4, 40))
+    assert reused.grad_buffer.nbytes == 300 * 40 * 4
+    assert copy.deepcopy(reused).grad_buffer.nbytes == 0
+    restored = pickle.loads(pickle.dumps(reused))
+    assert restored.grad_buffer.nbytes == 0 and torch.equal(restored.weight, reused.weight)
+    buffer = io.BytesIO()
+    torch.save(reused, buffer)
+    assert buffer.tell() < 300 * 40 * 4 + 20_000  # the weights, not the kept gradient memory (+48 KB)

@@ -65,6 +65,12 @@ class ReusableBuffer:
             self.allocated += 1
         return memory.view(shape)  # a tensor of its own over that memory: autograd keeps it as the .grad
 
+    def __deepcopy__(self, memo: dict) -> ReusableBuffer:
+        return ReusableBuffer()  # a copied model keeps no scratch memory of the original's
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_memory": None}  # nor does a pickled one
+
     @property
     def nbytes(self) -> int:
         return 0 if self._memory is None else self._memory.numel() * self._memory.element_size()

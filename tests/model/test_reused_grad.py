@@ -167,3 +167,12 @@ def test_copies_and_pickles_carry_no_kept_memory():
     buffer = io.BytesIO()
     torch.save(reused, buffer)
     assert buffer.tell() < 300 * 40 * 4 + 20_000  # the weights, not the kept gradient memory (+48 KB)
+
+
+def test_without_gradients_the_plain_linear_runs():
+    plain, reused = pair()
+    x = torch.randn(5, 300)
+    with torch.no_grad():
+        assert torch.equal(reused(x), plain(x))
+    assert reused(x).grad_fn.name() == "_LinearReusedGradBackward"
+    assert reused.grad_buffer.allocated == 0

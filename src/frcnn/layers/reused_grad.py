@@ -16,7 +16,7 @@ gradient accumulation see an ordinary gradient): it is a view of the kept memory
 
 The arithmetic is autograd's for ``F.linear`` (``x @ W.T + b``): the same three matmul / sum calls
 in the backward, so the gradients are bitwise those of ``nn.Linear`` (tests/layers/test_reused_grad.py).
-Under ``torch.compile``, tracing or autocast the plain ``F.linear`` runs.
+Without gradients (validation), under ``torch.compile``, tracing or autocast the plain ``F.linear`` runs.
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ class ReusedGradLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         """(..., D_in) -> (..., D_out)."""
         if (
-            torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.is_autocast_enabled(x.device.type)
-            or x.dtype != self.weight.dtype
+            not torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch.is_autocast_enabled(x.device.type) or x.dtype != self.weight.dtype
         ):
             return F.linear(x, self.weight, self.bias)
         return _LinearReusedGrad.apply(x, self.weight, self.bias, self.grad_buffer)

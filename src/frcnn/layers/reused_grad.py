@@ -15,7 +15,7 @@ gradient accumulation see an ordinary gradient): it is a view of the kept memory
 ``AccumulateGrad`` takes as it is.
 
 The arithmetic is autograd's for ``F.linear`` (``x @ W.T + b``): the same three matmul / sum calls
-in the backward, so the gradients are bitwise those of ``nn.Linear`` (tests/layers/test_reused_grad.py).
+in the backward, so the gradients are bitwise those of ``nn.Linear`` (tests/model/test_reused_grad.py).
 Without gradients (validation), under ``torch.compile``, tracing or autocast the plain ``F.linear`` runs.
 """
 

@@ -7,9 +7,9 @@ backward, the default of ``RPNHead``), ``fold`` (+ frozen BatchNorm folded at fo
 (+ channels-last), ``fold_cl`` (+ both), ``fold_cl_reuse`` (+ the large fully connected layers'
 weight gradients in reused memory, ``frcnn.layers.reused_grad``: everything, what train.py runs),
 and ``tv`` (torchvision). Training steps (forward + backward + SGD at lr 0), interleaved, the order
-reversed every round; medians
-after the first round of wall and process CPU time (and its system part), the minimum wall time, and
-the median minor page faults per step (fresh memory the kernel maps on first touch).
+reversed every round; medians after the first round of wall and process CPU time (and its system
+part), the minimum wall time, and the median minor page faults per step (fresh memory the kernel
+maps on first touch).
 
     .venv/bin/python bench/training_rewrite_ablation.py resnet50_fpn --steps 7
 """

@@ -30,11 +30,6 @@ from frcnn.layers.module_swap import replace_modules
 MIN_REUSED_ELEMENTS = 1 << 20  # 4 MB in float32: smaller gradients come from the allocator's free lists
 
 
-def worth_reusing(weight: Tensor) -> bool:
-    """Whether ``weight``'s gradient is large enough to keep its memory (``MIN_REUSED_ELEMENTS``)."""
-    return weight.numel() >= MIN_REUSED_ELEMENTS
-
-
 def _storage_refs(t: Tensor) -> int | None:
     """References to ``t``'s memory other than ``t`` and this query's own (None: not knowable)."""
     use_count = getattr(torch._C, "_storage_Use_Count", None)
@@ -91,14 +86,14 @@ class _LinearReusedGrad(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         needs_x, needs_w, needs_b, _ = ctx.needs_input_grad
         grad_x = grad_w = grad_b = None
+        rows = grad.reshape(-1, grad.shape[-1])  # (R, D_out)
         if needs_x:
             grad_x = grad @ weight  # (R, D_out) @ (D_out, D_in)
         if needs_w:
-            rows = grad.reshape(-1, grad.shape[-1])  # (R, D_out)
             out = ctx.buffer.take(weight.shape, rows.dtype, rows.device)
             grad_w = torch.mm(rows.t(), x.reshape(-1, x.shape[-1]), out=out)  # (D_out, D_in)
         if needs_b and ctx.has_bias:
-            grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
+            grad_b = rows.sum(0)
         return grad_x, grad_w, grad_b, None
 
 
@@ -131,11 +126,14 @@ class ReusedGradLinear(nn.Linear):
 
 
 def reuse_grad_memory(model: nn.Module) -> int:
-    """Swap every plain ``nn.Linear`` below ``model`` whose weight is ``worth_reusing`` for a
-    ``ReusedGradLinear`` holding the same Parameters; -> how many."""
-    return replace_modules(
-        model, lambda m: ReusedGradLinear.from_linear(m) if type(m) is nn.Linear and worth_reusing(m.weight) else None
-    )
+    """Swap every plain ``nn.Linear`` below ``model`` with at least ``MIN_REUSED_ELEMENTS`` weights
+    for a ``ReusedGradLinear`` holding the same Parameters; -> how many."""
+
+    def reused(m: nn.Module) -> nn.Module | None:
+        large = type(m) is nn.Linear and m.weight.numel() >= MIN_REUSED_ELEMENTS
+        return ReusedGradLinear.from_linear(m) if large else None
+
+    return replace_modules(model, reused)
 
 
 def restore_grad_memory(model: nn.Module) -> int:

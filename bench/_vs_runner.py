@@ -170,7 +170,8 @@ def run_config(pair: Pair, steps: int, warmup: int, gemm: GemmRate, options: Opt
     equal. The twin was built from ours before any rewrite."""
     ours_infer = optimize_for_inference(copy.deepcopy(pair.ours)) if options.inference_rewrite else None
     optimize_for_training(pair.ours, fold_frozen_bn=options.training_rewrite, channels_last=options.training_rewrite,
-                          sparse_rpn_backward=options.training_rewrite, reuse_grad_memory=options.training_rewrite)
+                          sparse_rpn_backward=options.training_rewrite, reuse_grad_memory=options.training_rewrite,
+                          winograd=options.training_rewrite)
     if options.compile:
         compile_for_training(pair.ours)
     contenders = [

@@ -29,7 +29,7 @@ from _vs_pairs import CONFIGS, Settings
 
 from frcnn.layers.training_rewrite import optimize_for_training
 
-VARIANTS = ["dense", "sparse", "fold", "cl", "fold_cl", "fold_cl_reuse", "tv"]
+VARIANTS = ["dense", "sparse", "fold", "cl", "fold_cl", "fold_cl_reuse", "fold_cl_reuse_wino", "tv"]
 
 
 def variant(pair, name: str) -> torch.nn.Module:
@@ -37,7 +37,7 @@ def variant(pair, name: str) -> torch.nn.Module:
         return pair.theirs
     return optimize_for_training(copy.deepcopy(pair.ours), fold_frozen_bn="fold" in name,
                                  channels_last="cl" in name, sparse_rpn_backward=name != "dense",
-                                 reuse_grad_memory="reuse" in name)
+                                 reuse_grad_memory="reuse" in name, winograd="wino" in name)
 
 
 def train_step(model, optimizer, images, targets) -> None:

@@ -12,7 +12,8 @@ Per model and configuration: images/s in training (forward + backward + SGD step
 peak step memory, FLOPs per step (``torch.utils.flop_counter.FlopCounterMode``) and the share of
 the GEMM rate they reach, a per-stage time breakdown (``_stages.py``) and the heaviest ops.
 Ours trains with the training rewrite of train.py's TrainingSpeed callback (frozen BatchNorm
-folded at forward time, channels-last, the sparse RPN-head backward; ``--no-training-rewrite``
+folded at forward time, channels-last, the sparse RPN-head backward, reused fc6 gradient memory,
+Winograd 3 x 3 convolutions; ``--no-training-rewrite``
 for the model as built) and, with ``--compile``, its backbone, box head and predictor compiled
 (``frcnn.modeling.compile``; the compilation is timed apart, on a first step before the rounds).
 
@@ -69,7 +70,9 @@ METHOD = (
 )
 TRAINING = (
     "Ours trains with the training rewrite of train.py (`frcnn.app.callbacks.TrainingSpeed`: frozen BatchNorm folded "
-    "into the convolutions at forward time, channels-last, the RPN head's backward only at the sampled anchors)"
+    "into the convolutions at forward time, channels-last, the RPN head's backward only at the sampled anchors, fc6's "
+    "weight gradient in reused memory, the FPN's and RPN head's 3 x 3 convolutions on maps >= 32 x 32 by Winograd "
+    "F(4 x 4, 3 x 3), `frcnn.layers.winograd`)"
 )
 REWRITE = (
     ", ours with the inference rewrite of eval.py / predict.py (`frcnn.layers.inference_rewrite`: BatchNorm folded "

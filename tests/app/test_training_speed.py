@@ -15,6 +15,7 @@ from frcnn.app.callbacks import TrainingSpeed
 from frcnn.app.checkpoint import load_checkpoint
 from frcnn.layers.reused_grad import ReusedGradLinear
 from frcnn.layers.training_rewrite import FoldedFrozenBatchNorm2d, FrozenBNConv2d
+from frcnn.layers.winograd import WinogradConv2d
 from tests.app.helpers import compose_config, script, tiny_overrides
 
 # fc6 (256 * 5 * 5 -> 512): above frcnn.layers.reused_grad's 2 ** 20 weights, fc7 (512 -> 512) below
@@ -39,8 +40,10 @@ def test_fit_runs_folded_and_the_checkpoint_is_the_plain_models(folded_run, data
     out, cfg, objects = folded_run
     assert speed_callback(objects).folded == 15  # every conv of the trunk: stem, layer1..3 (+ downsamples)
     assert speed_callback(objects).reused_grad_layers == 1  # fc6
+    assert speed_callback(objects).winograd_layers == 1  # the RPN head's 3 x 3 trunk
     trained = objects["module"].model.eval()
-    assert not any(isinstance(m, (FrozenBNConv2d, FoldedFrozenBatchNorm2d, ReusedGradLinear)) for m in trained.modules())
+    rewritten = (FrozenBNConv2d, FoldedFrozenBatchNorm2d, ReusedGradLinear, WinogradConv2d)
+    assert not any(isinstance(m, rewritten) for m in trained.modules())
 
     state = load_checkpoint(out / "checkpoints" / "last.ckpt")["state_dict"]
     with pytest.warns(UserWarning):

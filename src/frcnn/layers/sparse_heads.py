@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from frcnn.layers.winograd import WinogradConv2d, conv3x3
+
 # Above this share of gradient-carrying locations the dense backward runs (gathering k * k patches
 # per location then costs more than the convolutions' own backward) -- unless the weight is the
 # larger operand (``runs_dense``).
@@ -40,7 +42,10 @@ DENSE_SHARE = 0.5
 RECOMPUTE_SHARE = 0.25
 
 
-def _hidden(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def _hidden(x: Tensor, weight: Tensor, bias: Tensor | None, winograd: bool = False) -> Tensor:
+    """relu(conv_kxk(x)); ``winograd``: a 3 x 3 trunk by ``frcnn.layers.winograd`` where it applies."""
+    if winograd and weight.shape[-1] == 3:
+        return F.relu(conv3x3(x, weight, bias))
     return F.relu(F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2))
 
 
@@ -73,9 +78,10 @@ class _SparseGradConvHeads(torch.autograd.Function):
     """``_heads(_hidden(x))``; the backward only at the locations with a non-zero output gradient."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, save_hidden: bool, num_heads: int, *head_params):
+    def forward(ctx, x, weight, bias, save_hidden: bool, winograd: bool, *head_params):
         heads = list(zip(head_params[0::2], head_params[1::2], strict=True))
-        hidden = _hidden(x, weight, bias)
+        hidden = _hidden(x, weight, bias, winograd)
+        ctx.winograd = winograd
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a zero map
         ctx.save_for_backward(x, weight, bias, hidden if save_hidden else None, *head_params)
         return _heads(hidden, heads)
@@ -91,7 +97,7 @@ class _SparseGradConvHeads(torch.autograd.Function):
                 carrying |= (g != 0).any(dim=1)
         n, y, xx = carrying.nonzero(as_tuple=True)  # the P locations, (P,) each
         if runs_dense(len(n), N * H * W, weight.shape[0]):
-            found = _dense_backward(ctx.needs_input_grad, x, weight, bias, hidden, heads, grads)
+            found = _dense_backward(ctx.needs_input_grad, x, weight, bias, hidden, heads, grads, ctx.winograd)
         else:
             found = _sparse_backward(ctx.needs_input_grad, x, weight, bias, hidden, heads, grads, (n, y, xx))
         return (*found[:3], None, None, *found[3:])
@@ -140,10 +146,10 @@ def _sparse_backward(needs, x, weight, bias, hidden, heads, grads, locations) ->
     return [grad_x, grad_weight, grad_bias, *head_grads]
 
 
-def _dense_backward(needs, x, weight, bias, hidden, heads, grads) -> list[Tensor | None]:
+def _dense_backward(needs, x, weight, bias, hidden, heads, grads, winograd: bool = False) -> list[Tensor | None]:
     """The ordinary backward of the convolutions (``hidden`` recomputed when it was not saved)."""
     if hidden is None:
-        hidden = _hidden(x, weight, bias)
+        hidden = _hidden(x, weight, bias, winograd)
     grad_hidden = torch.zeros_like(hidden)
     head_grads: list[Tensor | None] = []
     for (w, b), g in zip(heads, grads, strict=True):
@@ -194,8 +200,9 @@ def conv_relu_heads(
         or conv.padding_mode != "zeros"
         or any(h.kernel_size != (1, 1) or h.stride != (1, 1) or h.padding != (0, 0) or h.groups != 1 for h in heads)
     )
+    winograd = isinstance(conv, WinogradConv2d)  # frcnn.layers.winograd: the forward's 3 x 3 by Winograd
     if plain:
-        return _heads(_hidden(x, conv.weight, conv.bias), [(h.weight, h.bias) for h in heads])
+        return _heads(_hidden(x, conv.weight, conv.bias, winograd), [(h.weight, h.bias) for h in heads])
     params = [t for h in heads for t in (h.weight, h.bias)]
     save_hidden = expected_share >= RECOMPUTE_SHARE
-    return _SparseGradConvHeads.apply(x, conv.weight, conv.bias, save_hidden, len(heads), *params)
+    return _SparseGradConvHeads.apply(x, conv.weight, conv.bias, save_hidden, winograd, *params)

@@ -3,6 +3,7 @@ import torch
 from torch.testing import assert_close
 from torchvision.ops import roi_align as tv_roi_align
 
+import frcnn.layers.roi_align as roi_align_module
 from frcnn.layers.roi_align import crop_and_resize, roi_align
 from frcnn.modeling.roi_heads.poolers import RoIPooler
 
@@ -72,6 +73,46 @@ def test_roi_align_equals_torchvision_in_value_and_gradient(aligned, sampling_ra
     (grad_theirs,) = torch.autograd.grad((theirs * weights).sum(), features)
     assert_close(grad_ours, grad_theirs, atol=1e-4, rtol=1e-5)
 
+
+
+@pytest.mark.parametrize(("budget", "overhead"), [(1, 0), (2**12, 2**18), (2**30, 2**40)])
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_roi_align_backward_by_windows_equals_torchvision(budget, overhead, layout, monkeypatch):
+    """The backward works per chunk of RoIs on the window they span (``_separable_backward``):
+    with one RoI per chunk, a few, or all of an image's in one, from an output gradient in either
+    layout, the gradient is torchvision's, including RoIs partly or wholly outside the map, a map
+    with no RoIs (zero gradient) and unsorted RoIs of both images interleaved."""
+    monkeypatch.setitem(roi_align_module._CHUNK_OVERHEAD_BYTES, "cpu", overhead)
+    monkeypatch.setitem(roi_align_module._BACKWARD_CHUNK_BYTES, "cpu", budget)
+    g = torch.Generator().manual_seed(5)
+    features = torch.randn(3, 4, 20, 23, generator=g).contiguous(memory_format=layout).requires_grad_()
+    rois = _random_rois(g, 60) * torch.tensor([1.0, 2, 2, 2, 2])  # images 0 and 1 only: 2 gets none
+    outside = torch.tensor([[1.0, 900, 900, 950, 990], [0, -300, -200, -250, -150]])  # no sample inside
+    rois = torch.cat((rois, outside))
+    ours = roi_align(features, rois, 7, 1 / 16, 2, False)
+    theirs = tv_roi_align(features, rois, (7, 7), 1 / 16, 2, False)
+    weights = torch.randn(ours.shape, generator=g).contiguous(memory_format=layout)  # the output gradient's layout
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), features)
+    (grad_theirs,) = torch.autograd.grad((theirs * weights).sum(), features)
+    assert_close(grad_ours, grad_theirs, atol=1e-4, rtol=1e-5)
+    assert grad_ours[2].abs().max() == 0
+    assert grad_ours.is_contiguous(memory_format=layout)
+
+
+def test_group_rois_shares_windows_of_overlapping_rois_only():
+    """Hand-computed chunks (S = 2, costs in map cells: n * S * Wc + 2 * Hc * Wc + overhead)."""
+    group = roi_align_module._group_rois
+    same = [[0, 2, 0, 2], [0, 2, 0, 2]]  # one window: 2*2*2 + 2*2*2 = 16 against 2 * (4 + 8) = 24
+    assert list(group(same, 2, budget=100, overhead=0)) == [(0, 2, (0, 2, 0, 2))]
+    apart = [[0, 2, 0, 2], [0, 2, 10, 12]]  # one window (0, 2, 0, 12): 48 + 48 = 96 against 24
+    assert list(group(apart, 2, budget=100, overhead=0)) == [(0, 1, (0, 2, 0, 2)), (1, 2, (0, 2, 10, 12))]
+    # a fixed cost per chunk of 80 cells makes one window cheaper: 96 + 80 against 24 + 160
+    assert list(group(apart, 2, budget=100, overhead=80)) == [(0, 2, (0, 2, 0, 12))]
+    # ... unless its rows (2 RoIs * S * 12 = 48 cells) are over the budget
+    assert list(group(apart, 2, budget=47, overhead=80)) == [(0, 1, (0, 2, 0, 2)), (1, 2, (0, 2, 10, 12))]
+    # a RoI with no weight inside the map (an empty span) is left out and ends the chunk before it
+    outside = [[0, 2, 0, 2], [5, 5, 0, 3], [0, 2, 0, 2], [1, 3, 2, 2]]
+    assert list(group(outside, 2, budget=100, overhead=0)) == [(0, 1, (0, 2, 0, 2)), (2, 3, (0, 2, 0, 2))]
 
 @pytest.mark.parametrize("kernel", ["sparse", "torchvision"])
 def test_roi_align_in_bfloat16_samples_in_float32(kernel):

@@ -21,14 +21,15 @@ torchvision's kernel, the backward the same matmuls.
 Memory format: the result is contiguous (R, C, S, S) unless the caller asks for channels-last
 (``memory_format``), which a convolutional box head with channels-last weights wants (the C4 head:
 otherwise each of its two first convolutions copies the pooled RoIs into channels-last, and the
-backward copies again: five pooled-size copies a step). The backward takes the output gradient in
-either layout without copying it; from a channels-last one it gives the features' gradient in the
-features' own layout (from a contiguous one, contiguous, as before).
+backward copies again: five pooled-size copies a step). The backward works on the output
+gradient as channels-last rows (a view of a channels-last gradient, one pooled-size copy of a
+contiguous one) and gives the features' gradient in the features' own layout.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -36,9 +37,14 @@ from torchvision.ops import roi_align as torchvision_roi_align
 
 from frcnn.layers.memory_format import is_channels_last
 
-# Bounds on the per-chunk intermediates of the forward and of the backward (two alive at a time).
+# Bounds on the per-chunk intermediates of the forward and of the backward (two alive at a time);
+# the backward's stays in a CPU core's cache, on a GPU it is large so that few kernels launch.
+# The backward's fixed cost per chunk of RoIs, in bytes of memory traffic it is worth
+# (``_group_rois``): measured on a CPU (bench/README.md "RoIAlign backward by windows"), a
+# kernel launch's worth on a GPU.
 _FORWARD_CHUNK_BYTES = 2**20
-_BACKWARD_CHUNK_BYTES = 4 * 2**20
+_BACKWARD_CHUNK_BYTES = {"cpu": 2**20, "cuda": 2**25}
+_CHUNK_OVERHEAD_BYTES = {"cpu": 2**18, "cuda": 2**24}
 
 # torch.sparse_csr_tensor warns once that sparse CSR is "beta"; the product used here is plain.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -101,7 +107,10 @@ def sparse_roi_sample(
     R, S = rois.shape[0], bins
     dtype = _compute_dtype(features.dtype)
     ys, xs = ys.to(dtype), xs.to(dtype)
-    rows = features.permute(0, 2, 3, 1).reshape(N * H * W, C).to(dtype)  # a view when channels-last float32
+    # (N * H * W, C) row-major: a view of channels-last float32 features, else one copy. Not the
+    # column-major view that reshape gives of one contiguous image (N = 1): the sparse product
+    # copies such a dense operand piecewise, 35x slower (P2 of an 800 x 1216 image: 700 -> 20 ms)
+    rows = features.permute(0, 2, 3, 1).reshape(N * H * W, C).to(dtype).contiguous()
     out = torch.empty((R, C, S, S), dtype=features.dtype, device=features.device, memory_format=memory_format)  # the features' dtype: the product's float32 is cast on writing
     taps = (2 * (ys.shape[1] // S)) ** 2  # per bin
     # RoIs per chunk: the product's output and the taps (index, weight and their temporaries,
@@ -164,50 +173,107 @@ class _SeparableBilinear(torch.autograd.Function):
         dtype = _compute_dtype(ctx.features_dtype)  # sums over many RoIs: float32 under mixed precision
         wy = _bin_weights(ys.to(dtype), H, S)  # (R, S, H)
         wx = _bin_weights(xs.to(dtype), W, S)  # (R, S, W)
-        image = rois[:, 0].long()
-        if is_channels_last(grad):
-            rows = _channels_last_backward(grad.to(dtype).permute(0, 2, 3, 1), wy, wx, image, N, H, W)  # (N, H, W, C)
-            grad_features = rows.permute(0, 3, 1, 2)  # (N, C, H, W), channels-last strides
-            if not ctx.features_channels_last:
-                grad_features = grad_features.contiguous()
-            return grad_features.to(ctx.features_dtype), None, None, None
-        grad = grad.to(dtype).contiguous()
-        grad_features = grad.new_zeros((N, C, H, W))
-        # RoIs in chunks: the x-contracted intermediate is C*S*W per RoI (at FPN's P2 with 64 RoIs
-        # an image, ~30 MB unchunked, more than torchvision's whole backward keeps)
-        chunk = max(1, _BACKWARD_CHUNK_BYTES // (C * S * W * grad.element_size()))
-        for n in range(N):  # a loop over images
-            sel = (image == n).nonzero()[:, 0]
-            if sel.numel() == 0:
-                continue
-            acc = grad.new_zeros((H, C * W))  # image n's gradient, (H, C, W) as rows of y
-            for part in sel.split(chunk):
-                Rc = part.numel()
-                g = torch.bmm(grad[part].reshape(Rc, C * S, S), wx[part])  # (Rc, C*S, W): x contracted
-                g = g.view(Rc, C, S, W).permute(0, 2, 1, 3).reshape(Rc * S, C * W)  # rows (r, bin row)
-                acc.addmm_(wy[part].reshape(Rc * S, H).t(), g)  # y and the RoIs contracted
-            grad_features[n] = acc.view(H, C, W).permute(1, 0, 2)
+        rows = _separable_backward(grad.to(dtype), wy, wx, rois[:, 0].long(), N, H, W)  # (N, H, W, C)
+        grad_features = rows.permute(0, 3, 1, 2)  # (N, C, H, W), channels-last strides
+        if not ctx.features_channels_last:
+            grad_features = grad_features.contiguous()
         return grad_features.to(ctx.features_dtype), None, None, None
 
 
-def _channels_last_backward(grad: Tensor, wy: Tensor, wx: Tensor, image: Tensor, N: int, H: int, W: int) -> Tensor:
-    """The separable backward with channels last: grad (R, S, S, C) contiguous (the output gradient's
-    channels-last memory, bin row i, bin column j, channel), wy (R, S, H), wx (R, S, W), image (R,)
-    -> (N, H, W, C): sum over image n's RoIs r of Wy[r]^T @ dout[r] @ Wx[r] per channel.
+def _spans(weights: Tensor) -> tuple[Tensor, Tensor]:
+    """weights (R, S, L) -> [first, end) (R,) int64: the span of positions along the axis where
+    some bin of the RoI has a nonzero weight (end <= first when there is none)."""
+    L = weights.shape[2]
+    touched = (weights != 0).any(1)  # (R, L)
+    position = torch.arange(L, device=weights.device)
+    first = torch.where(touched, position, L).amin(1)
+    end = torch.where(touched, position + 1, 0).amax(1)
+    return first, end
 
-    Per chunk of RoIs: x contracted as (W, S) @ (S, C) per (RoI, bin row), then y and the RoIs in
-    one (H, Rc * S) @ (Rc * S, W * C) product accumulated into the image's rows."""
-    R, S, _, C = grad.shape
+
+def _separable_backward(grad: Tensor, wy: Tensor, wx: Tensor, image: Tensor, N: int, H: int, W: int) -> Tensor:
+    """grad (R, C, S, S) in either layout, wy (R, S, H), wx (R, S, W), image (R,) -> (N, H, W, C)
+    contiguous: per image n and channel, the sum over its RoIs r of Wy[r]^T @ dout[r] @ Wx[r].
+
+    Each RoI touches only its own rows and columns of the map, so the RoIs of an image go in
+    chunks, sorted by their first row, and each chunk works on the window its RoIs span: x
+    contracted first (``_contract_x``: (Rc * S, Wc * C) rows, bin row by window column by
+    channel), then y and the RoIs in one (Hc, Rc * S) @ (Rc * S, Wc * C) product accumulated into
+    the window of the image's (H, W * C) rows (a strided view: columns x0 * C .. x1 * C of rows
+    y0 .. y1). Against the whole map per chunk (the earlier form) this does the work of the RoIs'
+    area instead of the map's: bench/README.md "RoIAlign backward by windows"."""
+    R, C, S, _ = grad.shape
+    bins_last = is_channels_last(grad) and R > 0  # (R, S, S, C) rows are a view
     rows = grad.new_zeros((N, H, W * C))
-    chunk = max(1, _BACKWARD_CHUNK_BYTES // (C * S * W * grad.element_size()))
+    y_first, y_end = _spans(wy)
+    x_first, x_end = _spans(wx)
+    device = grad.device.type if grad.device.type in _BACKWARD_CHUNK_BYTES else "cpu"
+    budget, overhead = _BACKWARD_CHUNK_BYTES[device], _CHUNK_OVERHEAD_BYTES[device]
     for n in range(N):
         sel = (image == n).nonzero()[:, 0]
-        for part in sel.split(chunk):
-            Rc = part.numel()
-            x_weights = wx[part].transpose(1, 2)[:, None].expand(Rc, S, W, S).reshape(Rc * S, W, S)
-            g = torch.bmm(x_weights, grad[part].reshape(Rc * S, S, C))  # (Rc * S, W, C): x contracted
-            rows[n].addmm_(wy[part].reshape(Rc * S, H).t(), g.view(Rc * S, W * C))  # y and the RoIs contracted
+        if sel.numel() == 0:
+            continue
+        sel = sel[y_first[sel].argsort(stable=True)]
+        bounds = torch.stack([y_first[sel], y_end[sel], x_first[sel], x_end[sel]], 1).tolist()  # one sync
+        cell = C * grad.element_size()  # bytes of one map cell's channels
+        for first, last, (y0, y1, x0, x1) in _group_rois(bounds, S, budget // cell, overhead // cell):
+            part = sel[first:last]
+            g = _contract_x(grad[part], wx[part, :, x0:x1], bins_last)  # (Rc * S, Wc * C)
+            window = rows[n, y0:y1, x0 * C : x1 * C]  # (Hc, Wc * C), row stride W * C
+            window.addmm_(wy[part, :, y0:y1].reshape(-1, y1 - y0).t(), g)  # y and the RoIs contracted
     return rows.view(N, H, W, C)
+
+
+def _group_rois(bounds: list[list[int]], S: int, budget: int, overhead: int) -> Iterator[tuple[int, int, tuple]]:
+    """bounds: per RoI, in order, its (y0, y1, x0, x1) span on the map -> chunks of consecutive
+    RoIs (first, last) and the window (y0, y1, x0, x1) they span; RoIs with no weight inside the
+    map are left out.
+
+    A RoI joins the chunk before it while one window for both costs no more than two: the cost of
+    a chunk of n RoIs on an Hc x Wc window, in map cells, is its x-contracted rows (n * S * Wc),
+    the window's read and write (2 * Hc * Wc) and ``overhead`` (the fixed cost of a chunk's few
+    calls); the rows stay within ``budget`` cells. So overlapping RoIs share a window and far
+    apart ones do not widen each other's."""
+    def cost(n: int, y0: int, y1: int, x0: int, x1: int) -> int:
+        return n * S * (x1 - x0) + 2 * (y1 - y0) * (x1 - x0) + overhead
+
+    chunk = None  # (first, n, window)
+    for i, (y0, y1, x0, x1) in enumerate(bounds):
+        if y1 <= y0 or x1 <= x0:  # wholly outside the map
+            if chunk is not None:
+                yield chunk[0], i, chunk[2]
+            chunk = None
+            continue
+        if chunk is not None:
+            first, n, window = chunk
+            merged = (min(window[0], y0), max(window[1], y1), min(window[2], x0), max(window[3], x1))
+            if (n + 1) * S * (merged[3] - merged[2]) <= budget and cost(n + 1, *merged) <= cost(n, *window) + cost(
+                1, y0, y1, x0, x1
+            ):
+                chunk = (first, n + 1, merged)
+                continue
+            yield first, i, window
+        chunk = (i, 1, (y0, y1, x0, x1))
+    if chunk is not None:
+        yield chunk[0], len(bounds), chunk[2]
+
+
+def _contract_x(grad: Tensor, wx: Tensor, bins_last: bool) -> Tensor:
+    """grad (Rc, C, S, S), wx (Rc, S, Wc) -> (Rc * S, Wc * C): sum_j dout[r, c, i, j] Wx[r, j, x]
+    as rows (r, i) of columns (x, c).
+
+    A channels-last gradient is read as its (S, C) rows: one (Wc, S) @ (S, C) product per
+    (RoI, bin row). A contiguous one as its (C * S, S) rows: one (C * S, S) @ (S, Wc) product per
+    RoI, whose result (a chunk's worth, small) is then permuted into the rows; against one copy
+    of the whole gradient into channels-last first, MobileNetV2's 128 RoIs (128, 1280, 7, 7):
+    31 -> 20 ms (bench/README.md)."""
+    Rc, C, S, _ = grad.shape
+    Wc = wx.shape[2]
+    if bins_last:
+        x_weights = wx.transpose(1, 2)[:, None].expand(Rc, S, Wc, S).reshape(Rc * S, Wc, S)
+        return torch.bmm(x_weights, grad.permute(0, 2, 3, 1).reshape(Rc * S, S, C)).view(Rc * S, Wc * C)
+    g = torch.bmm(grad.reshape(Rc, C * S, S), wx)  # (Rc, C * S, Wc)
+    return g.view(Rc, C, S, Wc).permute(0, 2, 3, 1).reshape(Rc * S, Wc * C)
 
 
 KERNELS = ("sparse", "torchvision")

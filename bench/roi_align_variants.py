@@ -74,7 +74,7 @@ def case(num_rois: int, channels: int, shape: tuple[int, int, int], stride: int,
 
 
 def at_commit(ref: str):
-    """ours' ``roi_align`` as it was at git commit ``ref`` (the module loaded from ``git show``)."""
+    """``frcnn.layers.roi_align`` as it was at git commit ``ref`` (loaded from ``git show``)."""
     root = Path(__file__).resolve().parent.parent
     source = subprocess.run(["git", "show", f"{ref}:src/frcnn/layers/roi_align.py"], cwd=root, check=True,
                             capture_output=True, text=True).stdout
@@ -83,7 +83,7 @@ def at_commit(ref: str):
     spec = importlib.util.spec_from_file_location("roi_align_at_ref", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.roi_align
+    return module
 
 
 def run_case(variants: dict, R: int, C: int, shape: tuple[int, int, int], stride: int, S: int, train: bool,
@@ -133,7 +133,7 @@ def main() -> None:
     torch.manual_seed(0)
     variants = dict(VARIANTS)
     if args.baseline:
-        baseline = at_commit(args.baseline)
+        baseline = at_commit(args.baseline).roi_align
         variants[f"ours at {args.baseline}"] = lambda f, r, S, sc: baseline(f, r, S, sc, 2, False)
     versus = f" | ours at {args.baseline} / ours (median)" if args.baseline else ""
     out = [

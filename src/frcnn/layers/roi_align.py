@@ -37,14 +37,14 @@ from torchvision.ops import roi_align as torchvision_roi_align
 
 from frcnn.layers.memory_format import is_channels_last
 
-# Bounds on the per-chunk intermediates of the forward and of the backward (two alive at a time);
-# the backward's stays in a CPU core's cache, on a GPU it is large so that few kernels launch.
-# The backward's fixed cost per chunk of RoIs, in bytes of memory traffic it is worth
-# (``_group_rois``): measured on a CPU (bench/README.md "RoIAlign backward by windows"), a
-# kernel launch's worth on a GPU.
+# Bounds on the per-chunk intermediates of the forward and of the backward (two alive at a time),
+# and the backward's fixed cost per chunk of RoIs in bytes of memory traffic it is worth
+# (``_group_rois``). CPU: measured inside training steps (bench/README.md "RoIAlign backward by
+# windows"; smaller chunks win in isolation, with warm caches, and lose inside a step); CUDA: large,
+# so that few kernels launch.
 _FORWARD_CHUNK_BYTES = 2**20
-_BACKWARD_CHUNK_BYTES = {"cpu": 2**20, "cuda": 2**25}
-_CHUNK_OVERHEAD_BYTES = {"cpu": 2**18, "cuda": 2**24}
+_BACKWARD_CHUNK_BYTES = {"cpu": 2**22, "cuda": 2**25}
+_CHUNK_OVERHEAD_BYTES = {"cpu": 2**22, "cuda": 2**25}
 
 # torch.sparse_csr_tensor warns once that sparse CSR is "beta"; the product used here is plain.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -263,10 +263,10 @@ def _contract_x(grad: Tensor, wx: Tensor, bins_last: bool) -> Tensor:
     as rows (r, i) of columns (x, c).
 
     A channels-last gradient is read as its (S, C) rows: one (Wc, S) @ (S, C) product per
-    (RoI, bin row). A contiguous one as its (C * S, S) rows: one (C * S, S) @ (S, Wc) product per
-    RoI, whose result (a chunk's worth, small) is then permuted into the rows; against one copy
-    of the whole gradient into channels-last first, MobileNetV2's 128 RoIs (128, 1280, 7, 7):
-    31 -> 20 ms (bench/README.md)."""
+    (RoI, bin row). A contiguous one (an MLP box head's: the flatten's gradient) as its
+    (C * S, S) rows: one (C * S, S) @ (S, Wc) product per RoI, whose result (a chunk's worth,
+    in cache) is then permuted into the rows, instead of one out-of-cache copy of the whole
+    gradient into channels-last first."""
     Rc, C, S, _ = grad.shape
     Wc = wx.shape[2]
     if bins_last:

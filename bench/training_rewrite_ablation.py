@@ -54,9 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("config", choices=list(CONFIGS))
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    parser.add_argument("--image-size", type=int, help="side of the square input images (default: per config)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    pair = CONFIGS[args.config](Settings())
+    pair = CONFIGS[args.config](Settings(image_size=args.image_size))
     models = {name: variant(pair, name) for name in args.variants}
     optimizers = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.0, momentum=0.9)
                   for k, m in models.items()}

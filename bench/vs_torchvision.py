@@ -51,6 +51,8 @@ from _vs_pairs import CONFIGS, Settings
 from _vs_report import report
 from _vs_runner import Options, run_config
 
+from frcnn.app.host_memory import reuse_host_memory
+
 SECTION = "## vs torchvision"
 METHOD = (
     "Training step = forward + backward + SGD (lr 0, momentum 0.9, weight decay {weight_decay:g}; each model's own: "
@@ -98,6 +100,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=float, default=0.0,
                         help="both SGDs' weight decay (default 0: the recorded figures; train.py uses 5e-4, "
                              "torchvision's reference scripts 1e-4)")
+    parser.add_argument("--reuse-host-memory", action="store_true",
+                        help="glibc keeps large freed blocks (train.py's reuse_host_memory) for the whole process, "
+                             "both models (default: glibc's own behaviour)")
     args = parser.parse_args(argv)
     if args.warmup < 2 or args.steps < 1:
         parser.error("need --warmup >= 2 and --steps >= 1")
@@ -116,6 +121,8 @@ def training_method(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.reuse_host_memory:
+        reuse_host_memory()
     device = torch.device(args.device)
     torch.manual_seed(0)
     settings = Settings(args.image_size, device, args.rois_per_image, args.test_proposals)
@@ -136,9 +143,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     method = METHOD.format(rewrite=REWRITE if args.inference_rewrite else ", ours without the inference rewrite",
                            minutes=(time.perf_counter() - start) / 60, training=training_method(args),
                            weight_decay=args.weight_decay)
+    if args.reuse_host_memory:
+        method += (" The process keeps glibc's large freed blocks for reuse (train.py's `reuse_host_memory`, "
+                   "`frcnn.app.host_memory`), for both models: neither page-faults its large tensors in every step.")
     section = SECTION + (", compiled training" if args.compile else "")  # its own section: both are kept
     if args.weight_decay:
         section += f", weight decay {args.weight_decay:g}"
+    if args.reuse_host_memory:
+        section += ", host memory reused"
     markdown = "\n".join([
         section, "",
         f"{datetime.date.today().isoformat()}, `{command}`, {machine(device)}. Timings interleaved, medians and "

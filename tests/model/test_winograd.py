@@ -87,6 +87,22 @@ def test_chunks_of_tile_rows_reuse_one_scratch_and_give_the_same_result(monkeypa
     assert winograd._row_chunks(5, 6, 13) == [(0, 3), (3, 2)]
 
 
+
+@pytest.mark.parametrize(("top", "left"), [(-1, -1), (3, -1), (4, 2), (9, 5)])
+def test_slab_copies_the_window_and_zeroes_only_past_the_map(top, left):
+    """``_slab`` into a reused (dirty) buffer: the map's pixels where the window is inside it, zeros
+    past its edges (the padding), whatever the buffer held."""
+    pixels = torch.arange(1.0, 1 + 2 * 12 * 10 * 3).view(2, 12, 10, 3)
+    out = torch.full((6, 9, 3), -7.0)
+    expected = torch.zeros(6, 9, 3)
+    for i in range(6):
+        for j in range(9):
+            y, x = top + i, left + j
+            if 0 <= y < 12 and 0 <= x < 10:
+                expected[i, j] = pixels[1, y, x]
+    assert torch.equal(winograd._slab(pixels, 1, top, 6, 9, left, out), expected)
+    assert torch.equal(winograd._slab(pixels, 1, 20, 6, 9, left, out), torch.zeros(6, 9, 3))  # wholly past
+
 def test_routing_runs_winograd_only_where_it_applies(monkeypatch):
     calls = []
     monkeypatch.setattr(winograd._Winograd3x3, "apply", lambda *a: calls.append(a) or F.conv2d(a[0], a[1], a[2], padding=1))

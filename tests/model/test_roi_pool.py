@@ -3,7 +3,7 @@ import torch
 from torch.testing import assert_close
 from torchvision.ops import roi_align as tv_roi_align
 
-import frcnn.layers.roi_align as roi_align_module
+import frcnn.layers.roi_align_backward as roi_align_backward
 from frcnn.layers.roi_align import crop_and_resize, roi_align
 from frcnn.modeling.roi_heads.poolers import RoIPooler
 
@@ -78,12 +78,12 @@ def test_roi_align_equals_torchvision_in_value_and_gradient(aligned, sampling_ra
 @pytest.mark.parametrize(("budget", "overhead"), [(1, 0), (2**12, 2**18), (2**30, 2**40)])
 @pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
 def test_roi_align_backward_by_windows_equals_torchvision(budget, overhead, layout, monkeypatch):
-    """The backward works per chunk of RoIs on the window they span (``_separable_backward``):
+    """The backward works per chunk of RoIs on the window they span (``separable_backward``):
     with one RoI per chunk, a few, or all of an image's in one, from an output gradient in either
     layout, the gradient is torchvision's, including RoIs partly or wholly outside the map, a map
     with no RoIs (zero gradient) and unsorted RoIs of both images interleaved."""
-    monkeypatch.setitem(roi_align_module._CHUNK_OVERHEAD_BYTES, "cpu", overhead)
-    monkeypatch.setitem(roi_align_module._BACKWARD_CHUNK_BYTES, "cpu", budget)
+    monkeypatch.setitem(roi_align_backward._CHUNK_OVERHEAD_BYTES, "cpu", overhead)
+    monkeypatch.setitem(roi_align_backward._BACKWARD_CHUNK_BYTES, "cpu", budget)
     g = torch.Generator().manual_seed(5)
     features = torch.randn(3, 4, 20, 23, generator=g).contiguous(memory_format=layout).requires_grad_()
     rois = _random_rois(g, 60) * torch.tensor([1.0, 2, 2, 2, 2])  # images 0 and 1 only: 2 gets none
@@ -101,7 +101,7 @@ def test_roi_align_backward_by_windows_equals_torchvision(budget, overhead, layo
 
 def test_group_rois_shares_windows_of_overlapping_rois_only():
     """Hand-computed chunks (S = 2, costs in map cells: n * S * Wc + 2 * Hc * Wc + overhead)."""
-    group = roi_align_module._group_rois
+    group = roi_align_backward.group_rois
     same = [[0, 2, 0, 2], [0, 2, 0, 2]]  # one window: 2*2*2 + 2*2*2 = 16 against 2 * (4 + 8) = 24
     assert list(group(same, 2, budget=100, overhead=0)) == [(0, 2, (0, 2, 0, 2))]
     apart = [[0, 2, 0, 2], [0, 2, 10, 12]]  # one window (0, 2, 0, 12): 48 + 48 = 96 against 24

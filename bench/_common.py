@@ -76,3 +76,12 @@ def record(section: str, markdown: str, readme: Path = README) -> None:
         end = text.find("\n## ", start + len(section))
         text = text[:start] + markdown + (text[end:] if end != -1 else "")
     readme.write_text(text)
+
+
+def publish(section: str, lines: list[str], write: bool) -> None:
+    """Print a benchmark's section (its markdown ``lines``, the heading first) and, with ``write``,
+    put it into bench/README.md (``record``)."""
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    if write:
+        record(section, text)

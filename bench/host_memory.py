@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _common import machine, record
+from _common import machine, publish
 
 SECTION = "## Host memory reuse"
 HERE = Path(__file__).resolve().parent
@@ -99,10 +99,7 @@ def main() -> None:
                        f"| {median['faults']:.0f} | {median['max_rss_mb']:.0f} |")
     out.append("")
     out.append(f"With the setting, glibc's mmap threshold: {runs['on'][0]['threshold'] >> 20} MB.")
-    text = "\n".join(out) + "\n"
-    print("\n" + text)
-    if args.record:
-        record(SECTION, text)
+    publish(SECTION, out, args.record)
 
 
 def machine_line() -> str:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import machine, record
+from _common import machine, publish
 from torchvision.ops import batched_nms
 
 from frcnn.modeling.anchors import AnchorGenerator
@@ -99,10 +99,7 @@ def main() -> None:
                 f"| {a_med / b_med:.1f} | {'yes' if same else 'NO'} |")
         print(line, flush=True)
         out.append(line)
-    text = "\n".join(out) + "\n"
-    print("\n" + text)
-    if args.record:
-        record(SECTION, text)
+    publish(SECTION, out, args.record)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import machine, record
+from _common import machine, publish
 from _vs_data import batch
 from _vs_pairs import CONFIGS, Settings
 from roi_align_variants import at_commit
@@ -106,10 +106,7 @@ def main() -> None:
         cells += [spread([t[1] for t in times[name]]) for name in ("ours", label)]
         out.append("| " + " | ".join(cells) + " |")
         print(out[-1], flush=True)
-    text = "\n".join(out) + "\n"
-    print("\n" + text)
-    if args.record:
-        record(SECTION, text)
+    publish(SECTION, out, args.record)
 
 
 if __name__ == "__main__":

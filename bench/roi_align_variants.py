@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import machine, record
+from _common import machine, publish
 from torch import Tensor
 from torchvision.ops import roi_align as torchvision_roi_align
 
@@ -157,10 +157,7 @@ def main() -> None:
                      f"{tmed:.0f}", *([f"{r:.2f}" for r in ratios] if i == 0 else [""] * len(ratios)),
                      checks.get(name, "")]
             out.append("| " + " | ".join(cells) + " |")
-    text = "\n".join(out) + "\n"
-    print("\n" + text)
-    if args.record:
-        record(SECTION, text)
+    publish(SECTION, out, args.record)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def reuse_host_memory(keep_bytes: int = KEEP_BYTES) -> int:
     if libc is None:
         log.info("reuse_host_memory: the C library is not glibc; its allocator is left as it is")
         return 0
-    for threshold in dict.fromkeys((keep_bytes, min(keep_bytes, FALLBACK_BYTES))):
+    for threshold in [keep_bytes] + ([FALLBACK_BYTES] if keep_bytes > FALLBACK_BYTES else []):
         if libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(threshold)) == 1:
             libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(keep_bytes))
             log.info("reuse_host_memory: blocks up to %d MB reused from the heap", threshold >> 20)

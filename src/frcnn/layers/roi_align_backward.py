@@ -50,15 +50,15 @@ def separable_backward(grad: Tensor, wy: Tensor, wx: Tensor, image: Tensor, N: i
     y_first, y_end = _spans(wy)
     x_first, x_end = _spans(wx)
     device = grad.device.type if grad.device.type in _BACKWARD_CHUNK_BYTES else "cpu"
-    budget, overhead = _BACKWARD_CHUNK_BYTES[device], _CHUNK_OVERHEAD_BYTES[device]
+    cell = C * grad.element_size()  # bytes of one map cell's channels
+    budget, overhead = _BACKWARD_CHUNK_BYTES[device] // cell, _CHUNK_OVERHEAD_BYTES[device] // cell  # in cells
     for n in range(N):
         sel = (image == n).nonzero()[:, 0]
         if sel.numel() == 0:
             continue
         sel = sel[y_first[sel].argsort(stable=True)]
         bounds = torch.stack([y_first[sel], y_end[sel], x_first[sel], x_end[sel]], 1).tolist()  # one sync
-        cell = C * grad.element_size()  # bytes of one map cell's channels
-        for first, last, (y0, y1, x0, x1) in group_rois(bounds, S, budget // cell, overhead // cell):
+        for first, last, (y0, y1, x0, x1) in group_rois(bounds, S, budget, overhead):
             part = sel[first:last]
             g = _contract_x(grad[part], wx[part, :, x0:x1], bins_last)  # (Rc * S, Wc * C)
             window = rows[n, y0:y1, x0 * C : x1 * C]  # (Hc, Wc * C), row stride W * C
@@ -89,9 +89,8 @@ def group_rois(bounds: list[list[int]], S: int, budget: int, overhead: int) -> I
         if chunk is not None:
             first, n, window = chunk
             merged = (min(window[0], y0), max(window[1], y1), min(window[2], x0), max(window[3], x1))
-            if (n + 1) * S * (merged[3] - merged[2]) <= budget and cost(n + 1, *merged) <= cost(n, *window) + cost(
-                1, y0, y1, x0, x1
-            ):
+            fits = (n + 1) * S * (merged[3] - merged[2]) <= budget
+            if fits and cost(n + 1, *merged) <= cost(n, *window) + cost(1, y0, y1, x0, x1):
                 chunk = (first, n + 1, merged)
                 continue
             yield first, i, window

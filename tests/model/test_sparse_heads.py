@@ -116,3 +116,13 @@ def test_rpn_head_levels_sparse_equals_dense_backward():
         results.append(torch.autograd.grad(loss, [*maps, *head.parameters()]))
     for got, expected in zip(results[1], results[0], strict=True):
         assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_padded_tap_index_by_hand():
+    """Two 2 x 2 maps padded to 4 x 4 (rows 0..15 image 0, 16..31 image 1): the location (image 1,
+    y 0, x 1) sits at padded (1, 2) = row 16 + 1 * 4 + 2 = 22; its 3 x 3 window, dy major, is
+    rows 17-19, 21-23 and 25-27. The top-left location of image 0 (row 5) reaches the border rows
+    0, 1, 2, 4 and 8."""
+    n, y, x = torch.tensor([1, 0]), torch.tensor([0, 0]), torch.tensor([1, 0])
+    index = sparse_heads._padded_tap_index(n, y, x, 3, 2, 2)
+    assert index.tolist() == [[17, 18, 19, 21, 22, 23, 25, 26, 27], [0, 1, 2, 4, 5, 6, 8, 9, 10]]

@@ -32,6 +32,25 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]
     return time.perf_counter() - start, time.process_time() - start_cpu
 
 
+def cpu_ticks(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
+    """(steal, all) clock ticks of the machine's CPUs so far, from Linux's ``/proc/stat``; None
+    where it cannot be read. Steal is the time a hypervisor ran other guests while this machine's
+    virtual CPUs had work: the noise of a shared virtual machine that no timing here can see."""
+    with contextlib.suppress(OSError, ValueError):
+        fields = stat.read_text().split("\n", 1)[0].split()
+        if fields[0] == "cpu" and len(fields) >= 9:
+            ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal (guest is in user)
+            return ticks[7], sum(ticks)
+    return None
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of the machine's CPU time the hypervisor took between two ``cpu_ticks()``."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 class GemmRate:
     """FLOP/s of one large float32 matmul (``n x n @ n x n``): the machine's practical peak.
 

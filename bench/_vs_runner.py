@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
-from _common import GemmRate, timed
+from _common import GemmRate, cpu_ticks, steal_share, timed
 from _stages import BACKWARD, OPTIMIZER, StageClock, StepProfile, phase, profile_step, stage_hooks
 from _vs_data import batch
 from _vs_pairs import Pair, Settings, _stages
@@ -146,6 +146,7 @@ class Result:
     train_profile: StepProfile | None = None
     infer_profile: StepProfile | None = None
     gemm_before_train: list[float] = field(default_factory=list)  # GEMM FLOP/s just before each training step
+    train_steal: list[float] = field(default_factory=list)  # the hypervisor's share of the CPUs during each (Linux)
     first_step_s: float | None = None  # the first training step (compilation included), when compiled
 
 
@@ -235,7 +236,11 @@ def _timed_round(
             if kind == "train":  # the load each model's step meets: the noise check
                 r.gemm_before_train.append(gemm.measure())
             c.clock.reset()
+            ticks = cpu_ticks()
             wall, cpu = timed(step, s.device)
+            steal = steal_share(ticks, cpu_ticks())
+            if kind == "train" and steal is not None:
+                r.train_steal.append(steal)
             getattr(r, f"{kind}_s").append(wall)
             getattr(r, f"{kind}_cpu_s").append(cpu)
             stages = dict(c.clock.totals)

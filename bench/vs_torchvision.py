@@ -20,7 +20,8 @@ for the model as built) and, with ``--compile``, its backbone, box head and pred
 Targets (issue 15, 2-core CPU): train ours / torchvision >= 1.5, inference >= 1.10, peak memory
 ours / torchvision <= 1.0, training FLOP/s >= 70 % (C4) / 60 % (FPN) of the GEMM rate, with the
 noise check (the GEMM rate met just before each model's training step, ours / torchvision)
-within 5 %.
+within 5 %, and on Linux the hypervisor's steal during each model's training steps (``/proc/stat``,
+medians) within 5 points of each other.
 
 Inputs: seeded synthetic images (``_vs_data.py``), two per step, already at the configured size.
 Backbone BatchNorm is frozen; ResNet-50 has no pretrained weights offline, so its statistics are
@@ -31,6 +32,7 @@ is recorded in a section of its own). Each model steps the SGD its training code
 fused step of ``frcnn.app.fused_sgd``).
 
     .venv/bin/python bench/vs_torchvision.py --record     # 3 configs: ~6 min on 2 idle cores, ~15 loaded
+    .venv/bin/python bench/vs_torchvision.py --steps 7 --retries 2 --record   # a noisy run again, up to twice
     .venv/bin/python bench/vs_torchvision.py --configs mobilenet_v2 --steps 5
     .venv/bin/python bench/vs_torchvision.py --configs resnet50_fpn --compile --steps 5
     .venv/bin/python bench/vs_torchvision.py --device cuda --steps 20 --warmup 3
@@ -48,7 +50,7 @@ from collections.abc import Sequence
 import torch
 from _common import GemmRate, machine, record
 from _vs_pairs import CONFIGS, Settings
-from _vs_report import report
+from _vs_report import noise_check, report, steady
 from _vs_runner import Options, run_config
 
 from frcnn.app.host_memory import reuse_host_memory
@@ -103,6 +105,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--reuse-host-memory", action="store_true",
                         help="glibc keeps large freed blocks (train.py's reuse_host_memory) for the whole process, "
                              "both models (default: glibc's own behaviour)")
+    parser.add_argument("--retries", type=int, default=0,
+                        help="run a configuration again, up to this many times, while its noise check fails "
+                             "(the discarded runs' checks are reported)")
     args = parser.parse_args(argv)
     if args.warmup < 2 or args.steps < 1:
         parser.error("need --warmup >= 2 and --steps >= 1")
@@ -119,6 +124,26 @@ def training_method(args: argparse.Namespace) -> str:
     return text + "."
 
 
+def _run_steady(name: str, settings: Settings, gemm: GemmRate, options: Options, args: argparse.Namespace) -> str:
+    """One configuration's report; run again, up to ``args.retries`` times, while the noise check
+    fails (the discarded runs' checks are appended)."""
+    discarded = []
+    for attempt in range(args.retries + 1):
+        print(f"{name}: building", flush=True)
+        torch.manual_seed(0)  # the same weights in every attempt
+        pair = CONFIGS[name](settings)
+        results, gemm_rates, check = run_config(pair, args.steps, args.warmup, gemm, options)
+        if steady(results["ours"], results["torchvision"]) or attempt == args.retries:
+            text = report(pair, results, gemm_rates, check, options)
+            if discarded:
+                text += f"\n\nRuns discarded before this one ({len(discarded)}), their noise checks: " + " ".join(discarded)
+            return text
+        discarded.append(noise_check(results["ours"], results["torchvision"], options))
+        print(f"  {discarded[-1]}\n  run again ({attempt + 1} of {args.retries})", flush=True)
+        del pair, results
+    raise AssertionError("unreachable: the last attempt returns")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.reuse_host_memory:
@@ -130,14 +155,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     sections = []
     start, load_before = time.perf_counter(), os.getloadavg()[0]
+    options = Options(args.inference_rewrite, args.training_rewrite, args.compile, args.weight_decay)
     for name in args.configs:
-        print(f"{name}: building", flush=True)
-        pair = CONFIGS[name](settings)
-        options = Options(args.inference_rewrite, args.training_rewrite, args.compile, args.weight_decay)
-        results, gemm_rates, check = run_config(pair, args.steps, args.warmup, gemm, options)
-        sections.append(report(pair, results, gemm_rates, check, options))
+        sections.append(_run_steady(name, settings, gemm, options, args))
         print("\n" + sections[-1] + "\n", flush=True)
-        del pair, results
 
     command = " ".join([".venv/bin/python", *sys.argv])
     method = METHOD.format(rewrite=REWRITE if args.inference_rewrite else ", ours without the inference rewrite",

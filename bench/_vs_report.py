@@ -134,8 +134,9 @@ def noise_check(o: Result, t: Result, options: Options) -> str:
     """The GEMM rate met just before each model's training steps, ours / torchvision (medians): 1.00
     when both ran under the same load; on Linux, the hypervisor's steal during each model's training
     steps (medians), which must not differ by more than the same 5 points (a VM's other guests can
-    take the cores for seconds: a GEMM measured just before a step does not see that); plus, where our backbone is still torchvision's module
-    (no training rewrite), the old check: that module's forward time, ours / torchvision."""
+    take the cores for seconds: a GEMM measured just before a step does not see that); plus, where
+    our backbone is still torchvision's module (no training rewrite), the old check: that module's
+    forward time, ours / torchvision."""
     ratio = statistics.median(o.gemm_before_train) / statistics.median(t.gemm_before_train)
     within = steady(o, t)
     text = f"Noise check: GEMM rate just before each model's training steps, ours / torchvision = {ratio:.3f}"

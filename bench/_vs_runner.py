@@ -238,8 +238,7 @@ def _timed_round(
             c.clock.reset()
             ticks = cpu_ticks()
             wall, cpu = timed(step, s.device)
-            steal = steal_share(ticks, cpu_ticks())
-            if kind == "train" and steal is not None:
+            if kind == "train" and (steal := steal_share(ticks, cpu_ticks())) is not None:
                 r.train_steal.append(steal)
             getattr(r, f"{kind}_s").append(wall)
             getattr(r, f"{kind}_cpu_s").append(cpu)

@@ -138,7 +138,7 @@ def _sparse_backward(needs, x, weight, bias, hidden, heads, grads, locations) ->
         taps = (grad_pre @ w_rows).view(P * k * k, C)  # (P*T, C)
         # Each tap's pixel row of the (N*H*W, C) map; taps outside the map go to one spare row past
         # it. index_add_ adds a row at a time (vectorised); index_put_(accumulate=True) adds element
-        # by element on CPU (C4's 1024-channel trunk at 377 locations, 2 threads: 0.7 against 20 ms).
+        # by element on CPU (C4's 1024-channel trunk at 377 locations, 2 threads: 0.86 against 22 ms).
         pixel = torch.where(inside, (tn * H + ty) * W + tx, N * H * W).reshape(-1)  # (P*T,)
         rows = x.new_zeros((N * H * W + 1, C), dtype=dtype).index_add_(0, pixel, taps)
         grad_x = rows[:-1].view(N, H, W, C).permute(0, 3, 1, 2).to(x.dtype)  # (N, C, H, W) with channels-last strides
